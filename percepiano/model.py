@@ -1,0 +1,287 @@
+"""PercePianoModel: the original ``VirtuosoNetMultiLevel`` with its ``HanEncoder``, batched.
+
+Reads top-down as the data flows (reference_spec §3):
+
+    x (B, N, F) --embed--> (B, N, H) --note BiLSTM--> note (B, N, 2H)
+                          \\-voice BiLSTM per voice--> voice (B, N, 2H)
+    [note, voice] --beat attention, per beat--> beat nodes (B, Tb, 4H) --beat BiLSTM--> beat (B, Tb, 2H)
+    beat --measure attention, per measure--> measure nodes (B, Tm, 2H) --measure BiLSTM--> measure (B, Tm, 2H)
+    level input --(contractor)--> ContextAttention pooling --> (B, 2H) --head--> logits (B, num_labels)
+
+Only the modules the configured level uses are built, so every parameter influences the output (the
+original also builds, but never trains, a ``performance_encoder`` and the unused encoder branches; the
+weight converter accepts and ignores them). The level decides what is pooled:
+
+| level | pooled | contractor |
+| note | note (B, N, 2H) | Linear(2H, 2H) |
+| voice | [note, voice] (B, N, 4H) | Linear(4H, 2H) |
+| beat | beat (B, Tb, 2H) | none |
+| measure | measure (B, Tm, 2H) | none (the published HAN) |
+| total_note_cat | [note, voice, beat→notes, measure→notes] (B, N, 8H) | Linear(8H, 2H) |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from . import hierarchy as hier
+from .config import ModelConfig
+from .layers import ContextAttention
+
+LOCATION_KEYS = ("beat", "measure", "section", "voice")
+CONTRACTED_LEVELS = ("note", "voice", "total_note_cat")
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, num_labels), before the sigmoid
+    intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _bilstm(input_size: int, hidden: int, layers: int, dropout: float) -> nn.LSTM:
+    return nn.LSTM(input_size, hidden, layers, batch_first=True, bidirectional=True, dropout=dropout if layers > 1 else 0.0)
+
+
+def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Run ``lstm`` on the first ``lengths[b]`` rows of each sample; padded output rows are exactly 0.
+
+    Samples of length 0 (no nodes) are skipped and left at 0.
+    """
+    batch, length, _ = x.shape
+    out = x.new_zeros(batch, length, 2 * lstm.hidden_size)  # (B, N, 2H)
+    nonempty = lengths > 0
+    if not bool(nonempty.all()):
+        out[nonempty] = run_lstm(lstm, x[nonempty], lengths[nonempty])
+        return out
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    hidden, _ = lstm(packed)
+    hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=length)  # (B, N, 2H)
+    return hidden
+
+
+def run_voice_lstm(lstm: nn.LSTM, x: torch.Tensor, voice: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mirror of ``HanEncoder.run_voice_net``: each (sample, voice) is its own sequence, in note order.
+
+    All (sample, voice) sequences run as one packed batch. Voice-0 notes (performance notes inserted without
+    a score note) and padding get an all-zero output. Returns (B, N, 2 * hidden).
+    """
+    batch, length, width = x.shape
+    num_voices = int(voice.max()) if voice.numel() else 0
+    out = x.new_zeros(batch, length, 2 * lstm.hidden_size)  # (B, N, 2Hv)
+    if num_voices < 1:
+        return out
+    in_voice = (voice[:, :, None] == torch.arange(1, num_voices + 1, device=voice.device)) & valid[:, :, None]  # (B, N, V)
+    position = torch.cumsum(in_voice.long(), dim=1) - 1  # (B, N, V): rank of the note within its voice
+    counts = in_voice.sum(dim=1).flatten()  # (B*V,) notes per (sample, voice)
+    b_idx, n_idx, v_idx = torch.nonzero(in_voice, as_tuple=True)  # one entry per note with a voice
+    seq = b_idx * num_voices + v_idx  # (M,) which (sample, voice) sequence
+    pos = position[b_idx, n_idx, v_idx]  # (M,) position inside it
+    sequences = x.new_zeros(batch * num_voices, int(counts.max()), width)  # (B*V, L, H)
+    sequences[seq, pos] = x[b_idx, n_idx]
+    hidden = run_lstm(lstm, sequences, counts)  # (B*V, L, 2Hv); empty sequences stay 0
+    out[b_idx, n_idx] = hidden[seq, pos]
+    return out
+
+
+class PercePianoModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = cfg = config
+        # Input validation raises on note locations the original mishandles; data that percepiano.data
+        # already validated may switch it off to avoid host syncs in the training loop.
+        self.validate_inputs = True
+        h_note, h_voice, h_beat, h_meas = cfg.note_size, cfg.voice_size, cfg.beat_size, cfg.measure_size
+        level = cfg.level
+        uses_voice = level in ("voice", "beat", "measure", "total_note_cat")
+        uses_beat = level in ("beat", "measure", "total_note_cat")
+        uses_measure = level in ("measure", "total_note_cat")
+
+        self.embed = nn.Linear(cfg.input_size, h_note)
+        self.note_lstm = _bilstm(h_note, h_note, cfg.note_layers, cfg.dropout)
+        if uses_voice:
+            self.voice_lstm = _bilstm(h_note, h_voice, cfg.voice_layers, cfg.dropout)
+        if uses_beat:
+            self.beat_attention = ContextAttention(2 * (h_note + h_voice), cfg.num_heads, cfg.attention_temperature)
+            self.beat_lstm = _bilstm(2 * (h_note + h_voice), h_beat, cfg.beat_layers, cfg.dropout)
+        if uses_measure:
+            self.measure_attention = ContextAttention(2 * h_beat, cfg.num_heads, cfg.attention_temperature)
+            self.measure_lstm = _bilstm(2 * h_beat, h_meas, cfg.measure_layers, 0.0)  # original: no dropout here
+
+        pooled_width = 2 * cfg.encoder_size
+        contractor_in = {
+            "note": 2 * h_note,
+            "voice": 2 * (h_note + h_voice),
+            "total_note_cat": 2 * (h_note + h_voice + h_beat + h_meas),
+        }
+        if level in CONTRACTED_LEVELS:
+            self.pool_contractor = nn.Linear(contractor_in[level], pooled_width)
+        elif level == "beat":
+            pooled_width = 2 * h_beat
+        self.pool_attention = ContextAttention(pooled_width, cfg.num_heads, cfg.attention_temperature)
+        self.head = nn.Sequential(
+            nn.Dropout(cfg.dropout),
+            nn.Linear(pooled_width, 2 * cfg.encoder_size),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(2 * cfg.encoder_size, cfg.num_labels),
+        )
+        from .init import apply_init  # local import: init.py names modules of this file
+
+        apply_init(self, cfg.init)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, lengths, note_locations, return_intermediates: bool = False):
+        cfg = self.config
+        x, lengths, locations, full_length = self._prepare(x, lengths, note_locations)
+        valid = hier.valid_mask(lengths, x.shape[1])  # (B, N)
+        inter: dict[str, torch.Tensor] = {}
+
+        embedded = self.embed(x) * valid[:, :, None].to(x.dtype)  # (B, N, H): the original embeds packed data only
+        note = run_lstm(self.note_lstm, embedded, lengths)  # (B, N, 2H)
+        inter.update(embedded=embedded, note=note)
+
+        if cfg.level == "note":
+            pool_input = self.pool_contractor(note)  # (B, N, 2H); padded rows = bias, unmasked as in the original
+        else:
+            voice = run_voice_lstm(self.voice_lstm, embedded, locations["voice"], valid)  # (B, N, 2H)
+            note_voice = torch.cat([note, voice], dim=-1)  # (B, N, 4H), note first as in the original
+            inter["voice"] = voice
+            if cfg.level == "voice":
+                pool_input = self.pool_contractor(note_voice)  # (B, N, 2H)
+            else:
+                beat, beat_seg, beats_per_sample = self._beat_level(note_voice, locations, valid, inter)
+                if cfg.level == "beat":
+                    pool_input = beat
+                else:
+                    measure = self._measure_level(beat, beat_seg, beats_per_sample, locations, valid, inter)
+                    if cfg.level == "measure":
+                        pool_input = measure
+                    else:  # total_note_cat
+                        total = self._total_note_cat(note_voice, beat, beat_seg, measure, locations, valid)
+                        pool_input = self.pool_contractor(total)  # (B, N, 2H)
+
+        pooled, pool_weights = self.pool_attention(pool_input)  # (B, 2H), (B, T, h)
+        logits = self.head(pooled)  # (B, num_labels)
+        if not return_intermediates:
+            return logits
+        inter.update(pooled=pooled, pool_weights=pool_weights, logits=logits)
+        note_axis = ["embedded", "note", "voice", "beat_weights"] + (["pool_weights"] if cfg.level in CONTRACTED_LEVELS else [])
+        return ModelOutput(logits=logits, intermediates=self._pad_notes(inter, note_axis, full_length))
+
+    def _beat_level(self, note_voice, locations, valid, inter):
+        """Notes -> beat nodes -> beat BiLSTM (``make_higher_node`` + ``run_hierarchy_lstm_with_pack``)."""
+        flags = hier.boundary_flags(locations["beat"], valid, self.config.boundary_rule)
+        beat_seg, num_per_sample, num_beats = hier.segment_ids(flags, valid)
+        scores = self.beat_attention.similarity(note_voice)  # (B, N, h)
+        weights = hier.segment_softmax(scores, beat_seg, num_beats, self.config.attention_temperature)
+        nodes = hier.pool_segments(note_voice, weights, beat_seg, num_beats)  # (B, Tb, 4H)
+        beat = run_lstm(self.beat_lstm, nodes, num_per_sample)  # (B, Tb, 2H)
+        inter.update(beat_weights=weights, beat_nodes=nodes, beat=beat)
+        return beat, beat_seg, num_per_sample
+
+    def _measure_level(self, beat, beat_seg, beats_per_sample, locations, valid, inter):
+        """Beat nodes -> measure nodes -> measure BiLSTM; measure boundaries live in beat-node space."""
+        num_beats = beat.shape[1]
+        note_flags = hier.boundary_flags(locations["measure"], valid, self.config.boundary_rule)
+        beat_flags = hier.higher_level_flags(beat_seg, note_flags, num_beats)  # (B, Tb)
+        beat_valid = hier.valid_mask(beats_per_sample, num_beats)  # (B, Tb)
+        if self.validate_inputs:
+            self._check_measure_starts(note_flags, beat_seg, num_beats)
+        meas_seg, num_per_sample, num_measures = hier.segment_ids(beat_flags, beat_valid)
+        scores = self.measure_attention.similarity(beat)  # (B, Tb, h)
+        weights = hier.segment_softmax(scores, meas_seg, num_measures, self.config.attention_temperature)
+        nodes = hier.pool_segments(beat, weights, meas_seg, num_measures)  # (B, Tm, 2H)
+        measure = run_lstm(self.measure_lstm, nodes, num_per_sample)  # (B, Tm, 2H)
+        inter.update(measure_weights=weights, measure_nodes=nodes, measure=measure)
+        return measure
+
+    def _total_note_cat(self, note_voice, beat, beat_seg, measure, locations, valid):
+        """[note, voice, beat spanned, measure spanned] per note (``span_beat_to_note_num``, its length quirk too).
+
+        The original spans node ``index - first index`` to each note; for the contiguous indices that
+        validation guarantees under ``diff_eq_1`` that is the note's segment id at that level.
+        """
+        length = beat_seg.shape[1]
+        meas_flags = hier.boundary_flags(locations["measure"], valid, self.config.boundary_rule)
+        meas_seg, _, num_measures = hier.segment_ids(meas_flags, valid)  # note-level measure ids
+        if num_measures != measure.shape[1]:
+            raise ValueError("note_locations['measure']: measures and beats disagree on the number of measures")
+        beat_keep = hier.valid_mask(hier.lengths_from_padded_indices(locations["beat"]), length)  # (B, N)
+        meas_keep = hier.valid_mask(hier.lengths_from_padded_indices(locations["measure"]), length)  # (B, N)
+        beat_spanned = hier.span_to_notes(beat, beat_seg, beat.shape[1], beat_keep)  # (B, N, 2H)
+        meas_spanned = hier.span_to_notes(measure, meas_seg, num_measures, meas_keep)  # (B, N, 2H)
+        return torch.cat([note_voice, beat_spanned, meas_spanned], dim=-1)  # (B, N, 8H)
+
+    # ------------------------------------------------------------------ input handling
+    def _prepare(self, x, lengths, note_locations):
+        cfg = self.config
+        if x.dim() != 3 or x.shape[-1] != cfg.input_size:
+            raise ValueError(f"x: expected (B, N, {cfg.input_size}) float tensor, got shape {tuple(x.shape)}")
+        batch, full_length, _ = x.shape
+        lengths = torch.as_tensor(lengths, device=x.device).long()
+        if lengths.shape != (batch,):
+            raise ValueError(f"lengths: expected shape ({batch},), got {tuple(lengths.shape)}")
+        if self.validate_inputs and (bool((lengths < 1).any()) or bool((lengths > full_length).any())):
+            raise ValueError(f"lengths: every length must be in [1, {full_length}], got {lengths.tolist()}")
+        # The original pads every level to the longest segment of the batch; extra padding is cut here and
+        # restored on the note-level intermediates (it would otherwise change the unmasked note-level pooling).
+        used = int(lengths.max())
+        locations = {}
+        needed = {"note": (), "voice": ("voice",), "beat": ("voice", "beat"), "measure": ("voice", "beat", "measure")}
+        needed["total_note_cat"] = needed["measure"]
+        for key in needed[cfg.level]:
+            if key not in note_locations:
+                raise ValueError(f"note_locations: missing {key!r} (level {cfg.level!r} needs {needed[cfg.level]})")
+            loc = torch.as_tensor(note_locations[key], device=x.device)
+            if loc.shape != (batch, full_length) or loc.dtype.is_floating_point:
+                raise ValueError(f"note_locations[{key!r}]: expected ({batch}, {full_length}) integer tensor, got {tuple(loc.shape)} {loc.dtype}")
+            locations[key] = loc[:, :used].long()
+        x = x[:, :used]
+        if self.validate_inputs:
+            valid = hier.valid_mask(lengths, used)
+            for key in ("beat", "measure"):
+                if key in locations:
+                    hier.check_indices(key, locations[key], valid, cfg.boundary_rule, allow_jumps=False)
+            if "voice" in locations:
+                hier.check_voices(locations["voice"], valid)
+        return x, lengths, locations, full_length
+
+    def _check_measure_starts(self, note_flags, beat_seg, num_beats):
+        """The original maps each measure to the beat of its first note; two measures starting in one beat
+        node (or a measure starting inside the first beat) give it empty segments and misaligned weights."""
+        starts = torch.zeros(beat_seg.shape[0], num_beats + 1, dtype=torch.long, device=beat_seg.device)
+        starts = starts.scatter_add(1, beat_seg, note_flags.long())[:, :num_beats]  # (B, Tb)
+        bad = (starts > 1) | (starts[:, :1] > 0).expand_as(starts) & (torch.arange(num_beats, device=starts.device) == 0)
+        if bool(bad.any()):
+            row, node = (int(v) for v in torch.nonzero(bad)[0])
+            raise ValueError(
+                f"note_locations['measure'] row {row}: a measure starts inside beat node {node} that already "
+                f"starts a measure (or the first beat); measures must start where beats start"
+            )
+
+    @staticmethod
+    def _pad_notes(inter, note_axis, full_length):
+        for key in note_axis:
+            if key in inter and inter[key].shape[1] < full_length:
+                pad = inter[key].new_zeros(inter[key].shape[0], full_length - inter[key].shape[1], inter[key].shape[2])
+                inter[key] = torch.cat([inter[key], pad], dim=1)  # (B, N, C)
+        return inter
+
+    # ------------------------------------------------------------------ original weights
+    def load_original_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Load weights saved by the original code (``VirtuosoNetMultiLevel.state_dict()``, original names)."""
+        from .convert import from_original
+
+        self.load_state_dict(from_original(state_dict, self, strict=strict))
+
+    def original_state_dict(self) -> dict[str, torch.Tensor]:
+        """Our weights under the original parameter names."""
+        from .convert import to_original
+
+        return to_original(self.state_dict(), self.config.level)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
