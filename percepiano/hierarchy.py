@@ -36,7 +36,8 @@ def boundary_flags(indices: torch.Tensor, valid: torch.Tensor, rule: str = "diff
     step = indices[:, 1:] - indices[:, :-1]  # (B, N-1): step into position t+1
     starts = step == 1 if rule == "diff_eq_1" else step > 0
     starts = starts & valid[:, 1:]
-    return torch.cat([torch.zeros_like(starts[:, :1]), starts], dim=1)  # (B, N): position 0 never flagged
+    first = torch.zeros(indices.shape[0], 1, dtype=torch.bool, device=indices.device)
+    return torch.cat([first, starts], dim=1)  # (B, N): position 0 never flagged
 
 
 def segment_ids(flags: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
