@@ -139,3 +139,58 @@ def score_parity(ref: Reference, raw: Path, limit: list | None = None, log=print
     return {"excerpts": sum(1 for p, s in groups.items() if limit is None or p.stem in limit
                             or any(x in limit for x in s)),
             "score_rows": total, "identical_rows": same, "differing_excerpts": bad}
+
+
+def _alignment_path(alignments: Path, seg: str) -> Path:
+    return alignments / f"{seg}_infer_corresp.txt"
+
+
+def score_midi_for(ref: Reference, seg: str, raw: Path) -> Path:
+    xml = score_xml_for(ref, seg, raw)
+    return raw / "virtuoso" / "data" / "score_midi" / (xml.stem + ".mid")
+
+
+def corresp_parity(ref: Reference, raw: Path, alignments: Path, limit: list | None = None, log=print) -> dict:
+    """Whole-matrix check on every segment (or those in ``limit``), fed the original pairs."""
+    from .midi import read_midi
+    from .performance import match_score_midi
+    from .pipeline import extract_with_corresp, load_score
+    cache: dict = {}
+    segs = [s for s in ref.segments if limit is None or s in limit]
+    rows_total = rows_same = segs_same = 0
+    bad: dict = {}
+    t0 = time.perf_counter()
+    for seg in segs:
+        rows = ref.rows(seg)
+        ref_x = ref.npz["input"][rows].astype(np.float64)
+        ref_loc = np.stack([ref.npz[f"note_{k}"][rows] for k in ("beat", "measure", "section", "voice")], 1)
+        xml = score_xml_for(ref, seg, raw)
+        try:
+            if xml not in cache:
+                sf = load_score(xml)
+                smidi = read_midi(score_midi_for(ref, seg, raw))
+                cache[xml] = (sf, smidi, match_score_midi(sf.score.notes, smidi.notes))
+            sf, smidi, smatch = cache[xml]
+            res = extract_with_corresp(sf, perf_midi_for(ref, seg, raw), smidi, _alignment_path(alignments, seg),
+                                       score_midi_match=smatch)
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            bad[seg] = f"error: {exc!r}"
+            rows_total += len(ref_x)
+            continue
+        rows_total += len(ref_x)
+        if res.x.shape[0] != len(ref_x):
+            bad[seg] = f"{res.x.shape[0]} rows, reference has {len(ref_x)}"
+            continue
+        loc = np.stack([res.locations[k] for k in ("beat", "measure", "section", "voice")], 1)
+        ok = identical(res.x.astype(np.float64), ref_x) & np.all(loc == ref_loc, axis=1)
+        rows_same += int(ok.sum())
+        if ok.all():
+            segs_same += 1
+        else:
+            diff = np.abs(res.x - ref_x) > REL_TOL * np.maximum(1, np.abs(ref_x))
+            bad[seg] = f"{int((~ok).sum())} rows differ; columns {sorted(set(np.where(diff)[1].tolist()))}"
+    for k, v in list(bad.items())[:50]:
+        log(f"  corresp {k}: {v}")
+    return {"segments": len(segs), "identical_segments": segs_same, "rows": rows_total,
+            "identical_rows": rows_same, "seconds": round(time.perf_counter() - t0, 1),
+            "differing_segments": bad}
