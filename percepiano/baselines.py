@@ -43,6 +43,19 @@ def _fit_ridge(x_train, y_train, alpha):
     return Ridge(alpha=alpha).fit(x_train, y_train)
 
 
+def _single_thread_blas():
+    """One BLAS thread: these 404x404 solves are tiny, and threaded BLAS on a busy machine is ~40x slower.
+    (Also makes the numbers independent of the machine's thread count.)"""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(limits=1, user_api="blas")
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
 def fit_predict(name: str, data: PercePianoData, scheme: str, fold: int) -> dict:
     """Fit baseline ``name`` on fold ``fold`` of ``scheme``; predictions (float64) for the valid and test splits
     plus what was chosen."""
@@ -61,6 +74,11 @@ def fit_predict(name: str, data: PercePianoData, scheme: str, fold: int) -> dict
         import sklearn  # noqa: F401
     except ImportError as exc:  # pragma: no cover - sklearn is a declared extra
         raise ValueError("the ridge baseline needs scikit-learn (pip install 'percepiano[baselines]')") from exc
+    with _single_thread_blas():
+        return _fit_predict_ridge(data, tr, va, te, y)
+
+
+def _fit_predict_ridge(data, tr, va, te, y) -> dict:
     feats = segment_statistics(data)
     mu = feats[tr].mean(axis=0)
     sd = feats[tr].std(axis=0)
