@@ -194,3 +194,157 @@ def corresp_parity(ref: Reference, raw: Path, alignments: Path, limit: list | No
     return {"segments": len(segs), "identical_segments": segs_same, "rows": rows_total,
             "identical_rows": rows_same, "seconds": round(time.perf_counter() - t0, 1),
             "differing_segments": bad}
+
+
+#: performance feature columns compared on score-note rows, with the spec §7.4 Pearson targets
+PERF_TARGETS = {
+    "qpm_primo": (3, 0.985), "beat_tempo": (77, 0.985), "measure_tempo": (78, 0.985), "section_tempo": (79, 0.985),
+    "velocity": (80, 0.985), "onset_deviation": (81, 0.80), "beat_dynamics": (82, 0.985),
+    "measure_dynamics": (83, 0.985), "articulation": (84, 0.95), "pedal_refresh_time": (85, 0.985),
+    "pedal_cut_time": (86, 0.985), "pedal_at_start": (87, 0.985), "pedal_at_end": (88, 0.985),
+    "soft_pedal": (89, 0.985), "pedal_refresh": (90, 0.97), "pedal_cut": (91, 0.985),
+}
+SEGMENT_MEAN_TARGET = 0.99
+SEGMENT_MEAN_TARGET_ONSET = 0.95
+ONSET_MAE_TARGET = 0.1
+PAIR_PRECISION_TARGET = 0.985
+PAIR_RECALL_TARGET = 0.970
+F1_MEDIAN_TARGET = 0.99
+F1_P5_TARGET = 0.88
+WELL_MATCHED = 0.5
+
+
+def well_matched(ref: Reference, seg: str) -> bool:
+    row = ref.meta.get(seg)
+    if row is None:
+        return False
+    m, so = int(row["n_matched"]), int(row["n_score_only"])
+    return m / max(1, m + so) >= WELL_MATCHED
+
+
+def original_pairs(ref: Reference, seg: str, perf_notes: list) -> set:
+    """The original's final pairs (score row, performance index), read back from the npz matched rows."""
+    rows = ref.rows(seg)
+    kind = ref.npz["note_kind"][rows]
+    x = ref.npz["input"][rows]
+    index = {}
+    for j, m in enumerate(perf_notes):
+        index.setdefault((m.pitch, round(m.start, 4)), j)
+    out = set()
+    score_row = 0
+    for k, row in zip(kind, x):
+        if k == 2:
+            continue
+        if k == 0:
+            j = index.get((int(round(row[92])), round(float(row[94]), 4)))
+            if j is None:  # float32 rounding at the 4th decimal: fall back to nearest same-pitch onset
+                cands = [i for i, m in enumerate(perf_notes) if m.pitch == int(round(row[92]))]
+                j = min(cands, key=lambda i: abs(perf_notes[i].start - float(row[94])))
+            out.add((score_row, j))
+        score_row += 1
+    return out
+
+
+def aligner_parity(ref: Reference, raw: Path, limit: list | None = None, all_files: bool = False,
+                   log=print) -> dict:
+    """Our aligner vs the original final pairs (well-matched segments) and per-feature agreement."""
+    from .midi import read_midi
+    from .pipeline import extract, load_score
+    segs = [s for s in ref.segments if (limit is None or s in limit) and well_matched(ref, s)]
+    cache: dict = {}
+    n_orig = n_ours = n_common = 0
+    f1s = []
+    ours_cols, ref_cols, seg_means_ours, seg_means_ref = [], [], [], []
+    identical_segments = 0
+    errors: dict = {}
+    t0 = time.perf_counter()
+    for seg in segs:
+        xml = score_xml_for(ref, seg, raw)
+        try:
+            if xml not in cache:
+                cache[xml] = load_score(xml)
+            perf = read_midi(perf_midi_for(ref, seg, raw))
+            res = extract(cache[xml], perf)
+        except Exception as exc:  # noqa: BLE001
+            errors[seg] = repr(exc)
+            continue
+        orig = original_pairs(ref, seg, perf.notes)
+        ours = {(i, p) for i, p in enumerate(res.pairs) if p is not None}
+        common = len(orig & ours)
+        n_orig, n_ours, n_common = n_orig + len(orig), n_ours + len(ours), n_common + common
+        f1s.append(2 * common / max(1, len(orig) + len(ours)))
+        rows = ref.rows(seg)
+        kind = ref.npz["note_kind"][rows]
+        rx = ref.npz["input"][rows][kind != 2].astype(np.float64)
+        ox = res.x[res.note_kind != 2].astype(np.float64)
+        cols = [c for c, _ in PERF_TARGETS.values()]
+        ours_cols.append(ox[:, cols])
+        ref_cols.append(rx[:, cols])
+        seg_means_ours.append(ox[:, cols].mean(0))
+        seg_means_ref.append(rx[:, cols].mean(0))
+        if res.x.shape == ref.npz["input"][rows].shape and identical(res.x.astype(np.float64),
+                                                                      ref.npz["input"][rows]).all():
+            identical_segments += 1
+    precision = n_common / max(1, n_ours)
+    recall = n_common / max(1, n_orig)
+    result: dict = {"segments": len(segs), "errors": errors, "original_pairs": n_orig, "our_pairs": n_ours,
+                    "common_pairs": n_common, "precision": precision, "recall": recall,
+                    "f1_median": float(np.median(f1s)) if f1s else 0.0,
+                    "f1_p5": float(np.percentile(f1s, 5)) if f1s else 0.0,
+                    "identical_matrices": identical_segments, "features": {}}
+    if ours_cols:
+        O, R = np.concatenate(ours_cols), np.concatenate(ref_cols)
+        MO, MR = np.stack(seg_means_ours), np.stack(seg_means_ref)
+        for j, (name, (_, target)) in enumerate(PERF_TARGETS.items()):
+            r = float(np.corrcoef(O[:, j], R[:, j])[0, 1])
+            rm = float(np.corrcoef(MO[:, j], MR[:, j])[0, 1])
+            exact = float(np.mean(np.abs(O[:, j] - R[:, j]) <= REL_TOL * np.maximum(1, np.abs(R[:, j]))))
+            result["features"][name] = {"pearson": r, "target": target, "segment_mean_pearson": rm,
+                                        "mae_z": float(np.mean(np.abs(O[:, j] - R[:, j]))), "exact": exact}
+    if all_files:
+        result["all_files"] = run_all_files(raw, log=log)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def run_all_files(raw: Path, log=print) -> dict:
+    """Run the aligner pipeline on every performance MIDI file (no reference needed): count failures."""
+    from .pipeline import extract, load_score
+    perf_dir = raw / "virtuoso" / "data" / "all_2rounds"
+    xml_dir = raw / "virtuoso" / "data" / "score_xml"
+    cache: dict = {}
+    failures: dict = {}
+    rates = []
+    files = sorted(perf_dir.glob("*.mid"))
+    for f in files:
+        parts = f.stem.strip().split("_")
+        xml = xml_dir / ("_".join(parts[:-2] + ["Score", parts[-1]]) + ".musicxml")
+        try:
+            if xml not in cache:
+                cache[xml] = load_score(xml)
+            rates.append(extract(cache[xml], f).match_rate)
+        except Exception as exc:  # noqa: BLE001
+            failures[f.name] = repr(exc)
+    for k, v in failures.items():
+        log(f"  failed {k}: {v}")
+    return {"files": len(files), "failures": failures, "min_match_rate": min(rates) if rates else 0.0,
+            "below_80_percent": sum(r < 0.8 for r in rates)}
+
+
+def aligner_verdict(r: dict) -> list:
+    """(what, passed) for each acceptance number of spec §7.3/§7.4."""
+    out = [("no errors", not r["errors"]),
+           (f"pair precision >= {PAIR_PRECISION_TARGET}", r["precision"] >= PAIR_PRECISION_TARGET),
+           (f"pair recall >= {PAIR_RECALL_TARGET}", r["recall"] >= PAIR_RECALL_TARGET),
+           (f"per-segment F1 median >= {F1_MEDIAN_TARGET}", r["f1_median"] >= F1_MEDIAN_TARGET),
+           (f"per-segment F1 5th percentile >= {F1_P5_TARGET}", r["f1_p5"] >= F1_P5_TARGET)]
+    for name, f in r["features"].items():
+        out.append((f"{name} pearson >= {f['target']}", f["pearson"] >= f["target"]))
+        seg_target = SEGMENT_MEAN_TARGET_ONSET if name == "onset_deviation" else SEGMENT_MEAN_TARGET
+        out.append((f"{name} segment-mean pearson >= {seg_target}", f["segment_mean_pearson"] >= seg_target))
+    if "onset_deviation" in r["features"]:
+        out.append((f"onset_deviation MAE <= {ONSET_MAE_TARGET} z",
+                    r["features"]["onset_deviation"]["mae_z"] <= ONSET_MAE_TARGET))
+    if "all_files" in r:
+        out.append(("no failure on any performance file", not r["all_files"]["failures"]))
+    return out

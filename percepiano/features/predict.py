@@ -1,0 +1,115 @@
+"""Rate a performance: features from MusicXML + MIDI, then a trained checkpoint's 19 ratings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+#: The 19 labels in model-output order (FEATURES.md §4, LABEL_LIST19 of the original), with their scale ends:
+#: a rating of 1 means the first word, 7 the second.
+LABELS = (
+    ("Timing_Stable_Unstable", "Timing", "stable", "unstable"),
+    ("Articulation_Long_Short", "Articulation", "long", "short"),
+    ("Articulation_Soft_cushioned_Hard_solid", "Articulation", "soft/cushioned", "hard/solid"),
+    ("Pedal_Sparse/dry_Saturated/wet", "Pedal", "sparse/dry", "saturated/wet"),
+    ("Pedal_Clean_Blurred", "Pedal", "clean", "blurred"),
+    ("Timbre_Even_Colorful", "Timbre", "even", "colorful"),
+    ("Timbre_Shallow_Rich", "Timbre", "shallow", "rich"),
+    ("Timbre_Bright_Dark", "Timbre", "bright", "dark"),
+    ("Timbre_Soft_Loud", "Timbre", "soft", "loud"),
+    ("Dynamic_Sophisticated/mellow_Raw/crude", "Dynamic", "sophisticated/mellow", "raw/crude"),
+    ("Dynamic_Little_dynamic_range_Large_dynamic_range", "Dynamic", "little dynamic range", "large dynamic range"),
+    ("Music_Making_Fast_paced_Slow_paced", "Music making", "fast-paced", "slow-paced"),
+    ("Music_Making_Flat_Spacious", "Music making", "flat", "spacious"),
+    ("Music_Making_Disproportioned_Balanced", "Music making", "disproportioned", "balanced"),
+    ("Music_Making_Pure_Dramatic/expressive", "Music making", "pure", "dramatic/expressive"),
+    ("Emotion_&_Mood_Optimistic/pleasant_Dark", "Emotion & mood", "optimistic/pleasant", "dark"),
+    ("Emotion_&_Mood_Low_Energy_High_Energy", "Emotion & mood", "low energy", "high energy"),
+    ("Emotion_&_Mood_Honest_Imaginative", "Emotion & mood", "honest", "imaginative"),
+    ("Interpretation_Unsatisfactory/doubtful_Convincing", "Interpretation", "unsatisfactory/doubtful", "convincing"),
+)
+LABEL_NAMES = tuple(name for name, _, _, _ in LABELS)
+#: below this share of matched score notes the features are unreliable (the original silently kept 75 such segments)
+LOW_MATCH_WARNING = 0.8
+#: below this share the performance is taken to be of another piece (or not a performance of the score at all)
+MIN_MATCH = 0.3
+FEATURE_COLUMNS = {101: slice(0, 101), 9: slice(92, 101)}  # full model / performance-only baseline
+
+
+class CheckpointError(ValueError):
+    """The checkpoint cannot be used for prediction."""
+
+
+@dataclass
+class Prediction:
+    ratings: np.ndarray                   # (19,) in [0, 1] (label scale: mean rating / 7)
+    match_rate: float
+    n_score_notes: int
+    n_perf_notes: int
+    n_matched: int
+    warnings: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "ratings": [{"name": name, "category": cat, "low": lo, "high": hi, "value": float(v),
+                         "rating_1_to_7": float(v * 7)}
+                        for (name, cat, lo, hi), v in zip(LABELS, self.ratings)],
+            "alignment": {"score_notes": self.n_score_notes, "performance_notes": self.n_perf_notes,
+                          "matched_score_notes": self.n_matched, "match_rate": self.match_rate},
+            "warnings": list(self.warnings),
+        }
+
+
+def load_model(path: str | Path):
+    """Model from a ``percepiano train`` checkpoint (torch.load with weights_only=True)."""
+    import torch
+    from .. import ModelConfig, PercePianoModel
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ck, dict):
+        raise CheckpointError(f"{path}: expected a checkpoint dict from `percepiano train`")
+    cfg = ck.get("model_config", ck.get("config"))
+    state = ck.get("model_state", ck.get("state_dict", ck.get("model")))
+    if not isinstance(cfg, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path}: no model config / model state in it (is it a `percepiano train` checkpoint?)")
+    model = PercePianoModel(ModelConfig.from_dict(cfg))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: the weights do not fit the model config: {exc}") from None
+    model.eval()
+    if model.config.input_size not in FEATURE_COLUMNS:
+        raise CheckpointError(f"{path}: model input size {model.config.input_size} is neither 101 nor 9")
+    if model.config.num_labels != len(LABELS):
+        raise CheckpointError(f"{path}: model predicts {model.config.num_labels} labels, expected {len(LABELS)}")
+    return model
+
+
+def check_alignment(result) -> list:
+    """Raise for a performance that does not fit the score; return warnings for a weak fit."""
+    from .performance import AlignmentError
+    rate = result.match_rate
+    if rate < MIN_MATCH:
+        raise AlignmentError(
+            f"only {result.n_matched} of {result.n_score_notes} score notes ({rate:.0%}) matched a performed note: "
+            "the MIDI file does not look like a performance of this score")
+    warnings = []
+    if rate < LOW_MATCH_WARNING:
+        warnings.append(f"only {rate:.0%} of the score notes matched a performed note (below "
+                        f"{LOW_MATCH_WARNING:.0%}): the features, and so the ratings, are unreliable")
+    return warnings
+
+
+def predict(model, result) -> np.ndarray:
+    import torch
+    x, lengths, locs = result.model_inputs
+    x = x[:, :, FEATURE_COLUMNS[model.config.input_size]]
+    with torch.no_grad():
+        logits = model(x, lengths, locs)
+    return torch.sigmoid(logits)[0].double().numpy()

@@ -1,0 +1,285 @@
+"""Feature extraction (issue 7): unit behaviour on hand-written MusicXML/MIDI, and the CLI's error handling.
+
+Real-data parity lives in tests/test_features_parity.py.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from percepiano.cli import main
+from percepiano.features import directions as D
+from percepiano.features._search import binary_index
+from percepiano.features.assemble import feature_names, insert_positions, norm_stats
+from percepiano.features.midi import MidiFileError, pedal_segments, read_midi
+from percepiano.features.musicxml import UnsupportedScoreError, beat_positions, read_musicxml
+from percepiano.features.performance import clean_pairs, longer_level_dynamics
+from percepiano.features.score_features import (beat_importance, extract_score_features, make_index_continuous,
+                                                time_signature_vector)
+
+EXACT = 1e-12
+
+
+# ------------------------------------------------------------------------------------------- small builders
+def xml(measures: str, divisions: int = 2, time: str = "<time><beats>3</beats><beat-type>4</beat-type></time>",
+        parts: int = 1) -> str:
+    part = f"""<part id="P1"><measure number="1"><attributes><divisions>{divisions}</divisions>{time}</attributes>
+{measures}</part>"""
+    extra = "".join(f'<part id="P{i + 2}"><measure number="1"/></part>' for i in range(parts - 1))
+    return f'<?xml version="1.0"?><score-partwise><part-list/>{part}{extra}</score-partwise>'
+
+
+def note(step="C", octave=4, dur=2, voice=1, staff=1, extra="", notations="", chord=False, grace=False, beam=""):
+    parts = ["<grace/>" if grace else "", "<chord/>" if chord else "",
+             f"<pitch><step>{step}</step><octave>{octave}</octave></pitch>",
+             "" if grace else f"<duration>{dur}</duration>", f"<voice>{voice}</voice>", extra,
+             f"<staff>{staff}</staff>", beam, f"<notations>{notations}</notations>" if notations else ""]
+    return "<note>" + "".join(parts) + "</note>"
+
+
+def rest(dur=2, voice=1):
+    return f"<note><rest/><duration>{dur}</duration><voice>{voice}</voice></note>"
+
+
+@pytest.fixture
+def write(tmp_path):
+    def _write(text: str, name: str = "s.musicxml") -> Path:
+        p = tmp_path / name
+        p.write_text(text)
+        return p
+    return _write
+
+
+def smf(events_per_track: list, division: int = 480) -> bytes:
+    """A format-1 MIDI file from [(delta, bytes), ...] per track."""
+    def varlen(v):
+        out = [v & 0x7F]
+        v >>= 7
+        while v:
+            out.insert(0, (v & 0x7F) | 0x80)
+            v >>= 7
+        return bytes(out)
+    data = struct.pack(">4sIHHH", b"MThd", 6, 1, len(events_per_track), division)
+    for events in events_per_track:
+        body = b"".join(varlen(d) + e for d, e in events) + b"\x00\xff\x2f\x00"
+        data += struct.pack(">4sI", b"MTrk", len(body)) + body
+    return data
+
+
+# ------------------------------------------------------------------------------------------- search & helpers
+def test_binary_index_sorted_and_quirky():
+    assert binary_index([0, 1, 1, 1, 5], 1) == 3  # last of a run of equal entries
+    assert binary_index([0, 1, 5], 3) == 1
+    assert binary_index([2, 4], 1) == 0  # before every entry
+    assert binary_index([0, 4, 8], 100) == 2
+    # Q-FP: the fp split appends (p@x+0.1, f@x): unsorted; at and before x the search returns the p entry
+    assert binary_index([10.1, 10], 10) == 0
+    assert binary_index([10.1, 10], 15) == 1
+    assert binary_index([0, 10.1, 10], 10) == 0
+
+
+def test_make_index_continuous_squeezes_gaps_from_zero():
+    assert make_index_continuous([0, 0, 2, 2, 5]) == [0, 0, 1, 1, 2]
+    assert make_index_continuous([3, 3, 4]) == [1, 1, 2]  # the running start is 0, as in the original
+
+
+def test_beat_importance_table():
+    assert beat_importance(0, 3) == 4
+    assert beat_importance(0.5, 4) == 3
+    assert beat_importance(1 / 3, 3) == 2
+    assert beat_importance(1 / 12, 3) == 0.5
+    assert beat_importance(0.1, 3) == 0
+    assert time_signature_vector(3, 4) == [0, 1, 0, 0, 0, 0, 1, 0, 0]
+    assert time_signature_vector(12, 32) == [1, 0, 1, 1, 0, 0, 0, 0, 1]
+
+
+def test_layout_and_norm_stats_shipped():
+    names = feature_names()
+    assert len(names) == 101 and names[3] == "qpm_primo" and names[96] == "midi_pitch_unnorm"
+    stats = norm_stats()["normalized"]
+    assert len(stats) == 22 and all(s["std"] > 0 for s in stats.values())
+
+
+# ------------------------------------------------------------------------------------------- MusicXML reader
+def test_cursor_chords_backup_and_drift(write):
+    body = (note("C", dur=2) + note("E", dur=2, chord=True) + note("D", dur=3)
+            + "<backup><duration>5</duration></backup>" + note("C", 3, dur=5, voice=2, staff=2) + "</measure>"
+            + '<measure number="2">' + note("G", dur=6) + "</measure>")
+    score = read_musicxml(write(xml(body)))
+    got = [(n.pitch, n.pos, n.duration, n.voice) for n in score.notes]
+    assert got == [(64, 0, 2, 1), (60, 0, 2, 1), (48, 0, 5, 2), (62, 2, 3, 1), (67, 5, 6, 1)]
+    # the second bar starts where the cursor stood (5, not 6): bar lines are not recomputed
+    assert score.measure_positions == [0, 5]
+
+
+def test_ties_fold_into_latest_head_any_voice(write):
+    tie_start = '<notations><tied type="start"/></notations>'
+    body = (note("C", dur=2, extra="", notations='<tied type="start"/>') + note("C", dur=2, notations='<tied type="stop"/>')
+            + note("D", dur=2) + "</measure>")
+    score = read_musicxml(write(xml(body)))
+    assert [(n.pitch, n.duration) for n in score.notes] == [(60, 4), (62, 2)]
+    assert tie_start  # (documentation of the element read: <notations><tied>, not <tie>)
+
+
+def test_grace_order_and_chord_flags(write):
+    body = (note("A", 4, grace=True) + note("B", 4, grace=True) + note("C", 5, dur=2) + note("E", 4, dur=2, chord=True)
+            + note("D", 5, dur=4) + "</measure>")
+    score = read_musicxml(write(xml(body)))
+    by = {n.pitch: n for n in score.notes}
+    assert (by[69].grace_order, by[71].grace_order) == (-2, -1)
+    assert by[72].preceded_by_grace and by[64].preceded_by_grace and not by[74].preceded_by_grace
+    assert [n.pitch for n in score.notes][:2] == [69, 71]  # grace notes first at their onset
+
+
+def test_sticky_beam_state_and_first_articulation_only(write):
+    body = (note("C", dur=1, beam='<beam number="1">begin</beam>') + note("D", dur=1, beam='<beam number="1">end</beam>')
+            + note("E", dur=2) + note("G", dur=2, chord=True)
+            + note("F", dur=2, notations="<articulations><staccato/><accent/></articulations>") + "</measure>"
+            + '<measure number="2">' + note("C", dur=6) + "</measure>")
+    sf = extract_score_features(read_musicxml(write(xml(body))))
+    beams = {n.pitch: f[3:] for n, f in zip(sf.score.notes, sf.features["slur_beam_vec"])}
+    assert beams[67] == [1, 0, 1]  # Q-BEAM: the chord note copies every beam type seen so far
+    assert beams[64] == [0, 0, 0]
+    notation = {n.pitch: f for n, f in zip(sf.score.notes, sf.features["notation"])}
+    assert notation[65][3] == 1 and notation[65][2] == 0  # Q-ARTIC: staccato read, accent not
+
+
+def test_fp_split_uses_the_original_search(write):
+    fp = '<direction><direction-type><dynamics><fp/></dynamics></direction-type></direction>'
+    body = (note("C", dur=2) + fp + note("D", dur=2) + note("E", dur=2) + "</measure>"
+            + '<measure number="2">' + note("F", dur=6) + "</measure>")
+    sf = extract_score_features(read_musicxml(write(xml(body))))
+    dyn = [f[0] for f in sf.features["dynamic"]]
+    # Q-FP: the list is (p@2.1, f@2); the original search gives p up to position 2 and f after it
+    assert dyn == [-0.4, -0.4, 0.4, 0.4]
+    assert sf.features["distance_from_abs_dynamic"][0] == pytest.approx(-2.1 / 2, abs=EXACT)
+
+
+def test_keyword_typos_and_embedding():
+    assert "diminsotto voce" in D.REL_DYNAMIC_KEYWORDS and "sotto voce" not in D.REL_DYNAMIC_KEYWORDS
+    table = D.TEMPO_TABLE
+    assert D.embed("Allegro vivace", table, 5)[0] == 0.6  # 'vivace' (0.6) written after 'allegro' (0.5)
+    assert D.embed("Andante", table, 5) == [-0.5, 0, 0, 0, 0]
+    assert D.embed("", table, 5) == [0] * 5
+    assert D.embed("cresc.", D.DYNAMIC_TABLE, 4) == [0, 0.7, 0, 0]
+
+
+def test_beat_grid_pickup(write):
+    body = note("C", dur=2) + "</measure>" + '<measure number="2">' + note("D", dur=6) + "</measure>"
+    score = read_musicxml(write(xml(body)))
+    assert beat_positions(score) == [0.0, 2.0, 4.0, 6.0]  # the 1-beat pickup counts back from bar 2
+
+
+@pytest.mark.parametrize("text, msg", [
+    (xml(note() + "</measure>", parts=2), "parts"),
+    (xml(note() + '<barline location="right"><repeat direction="backward"/></barline></measure>'), "repeats"),
+    (xml(note() + "</measure>", time=""), "time signature"),
+    ("<html><body>hello</body></html>", "not a MusicXML"),
+    ("this is not xml at all", "not a MusicXML"),
+])
+def test_unsupported_scores_raise(write, text, msg):
+    with pytest.raises(UnsupportedScoreError, match=msg):
+        read_musicxml(write(text))
+
+
+# ------------------------------------------------------------------------------------------- MIDI and pedal
+def test_midi_reader_pairs_tempo_and_pedal(tmp_path):
+    tempo = b"\xff\x51\x03" + (1_000_000).to_bytes(3, "big")  # 60 bpm: one beat = 1 s
+    track0 = [(0, tempo)]
+    track1 = [(0, b"\xb0\x40\x7f"), (0, b"\x90\x3c\x50"), (240, b"\x90\x40\x40"), (240, b"\x80\x3c\x00"),
+              (0, b"\xb0\x40\x00"), (480, b"\x90\x40\x00"), (0, b"\x90\x15\x10"), (480, b"\x80\x15\x00"),
+              (0, b"\x90\x6d\x10"), (10, b"\x80\x6d\x00")]
+    path = tmp_path / "p.mid"
+    path.write_bytes(smf([track0, track1]))
+    perf = read_midi(path)
+    got = [(n.pitch, n.velocity, n.start, n.end) for n in perf.notes]
+    assert got == [(60, 80, 0.0, 1.0), (64, 64, 0.5, 2.0), (21, 16, 2.0, 3.0)]  # 109 is outside 21-108
+    segs = pedal_segments(perf)
+    assert [(s.start, s.value) for s in segs] == [(0.0, 0), (0.0, 127)]  # a release creates no segment
+    assert perf.notes[2].pedal_at_start == 127  # Q-PEDALRELEASE: the pressed value still holds after release
+
+
+def test_not_midi_raises(tmp_path):
+    p = tmp_path / "x.mid"
+    p.write_bytes(b"RIFF0000WAVEfmt ")
+    with pytest.raises(MidiFileError):
+        read_midi(p)
+
+
+# ------------------------------------------------------------------------------------------- cleaning & dynamics
+class _N:
+    def __init__(self, pos, grace=False):
+        self.pos, self.is_grace, self.divisions, self.is_arpeggiate = pos, grace, 1, False
+
+
+class _P:
+    def __init__(self, start):
+        self.start = start
+
+
+def test_cleaning_flags_out_of_order_pairs_and_never_closes_last_group():
+    notes = [_N(0), _N(0), _N(1), _N(2), _N(3)]
+    perf = [_P(0.0), _P(0.05), _P(1.0), _P(0.5), _P(3.0)]
+    anchors, cleaned = clean_pairs(notes, [0, 1, 2, 3, 4], perf)
+    assert [(a.pos, a.time) for a in anchors] == [(0, 0.025), (1, 1.0)]
+    assert cleaned == [0, 1, None, None, 4]  # row 3 goes back in time: it and the group it follows are flagged
+
+
+def test_longer_level_dynamics_quirks():
+    vel = [60, 80, 100, 50]
+    out = longer_level_dynamics(vel, [1, 1, 1, 1], [1, 1, 2, 2])
+    # Q-LASTGROUP: the group index starts at 0 and only updates on a close, so the 2nd matched note closes a
+    # one-note group; the last group uses (sum + max) / 2 / n instead of (mean + max) / 2
+    assert out == [60, 80, (100 + 50 + 100) / 2 / 2, (100 + 50 + 100) / 2 / 2]
+
+
+def test_insert_positions_count_matched_pairs_only():
+    pairs = [None, None, 0, 2]  # two unmatched score notes first, performance note 1 unmatched
+    rows, sources = insert_positions(pairs, 3)
+    assert sources == [1] and rows == [1]  # one matched pair before it -> row 1 (too early: Q-INSERT)
+    assert insert_positions(pairs, 3, fix_insert_index=True)[0] == [3]
+
+
+# ------------------------------------------------------------------------------------------- CLI errors
+def _run(capsys, argv):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_predict_without_checkpoint_explains(capsys, write, tmp_path):
+    score = write(xml(note() + "</measure>"))
+    midi = tmp_path / "p.mid"
+    midi.write_bytes(smf([[(0, b"\x90\x3c\x50"), (480, b"\x80\x3c\x00")]]))
+    code, out, err = _run(capsys, ["predict", str(midi), "--score", str(score)])
+    assert code == 2 and "checkpoint" in err and "percepiano train" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["not_midi", "not_xml", "empty", "missing"])
+def test_predict_bad_inputs_exit_cleanly(capsys, write, tmp_path, case):
+    score = write(xml(note() + note("D") + "</measure>" + '<measure number="2">' + note("E", dur=6) + "</measure>"))
+    midi = tmp_path / "p.mid"
+    midi.write_bytes(smf([[(0, b"\x90\x3c\x50"), (480, b"\x80\x3c\x00")]]))
+    if case == "not_midi":
+        midi.write_text("hello")
+    elif case == "not_xml":
+        score = write("not xml", "bad.musicxml")
+    elif case == "empty":
+        midi.write_bytes(smf([[(0, b"\xb0\x40\x7f")]]))
+    else:
+        midi = tmp_path / "nope.mid"
+    code, out, err = _run(capsys, ["predict", str(midi), "--score", str(score), "--features-only"])
+    assert code == 2, err
+    assert "error" in err and "Traceback" not in err and out == ""
+
+
+def test_cli_registers_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["features-parity", "--help"])
+    assert exc.value.code == 0
+    assert "--alignments" in capsys.readouterr().out
+    assert math.isfinite(1.0) and np.isfinite(EXACT)
