@@ -1,0 +1,330 @@
+"""percepiano.training: the original protocol's pieces, fold runs, checkpoints and bitwise resume (CPU)."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from percepiano import training as T
+from percepiano.cli import main
+from percepiano.config import get_preset
+from percepiano.data import iterate_batches, load_dataset, synthetic_arrays, synthetic_dataset
+from percepiano.metrics import r2
+
+EXACT = dict(rtol=0, atol=0)
+FP32 = dict(rtol=1e-5, atol=1e-6)  # same float32 computation, different kernel/batching order
+
+
+class StandIn(nn.Module):
+    """A tiny model with the PercePianoModel call signature: (x, lengths, note_locations) -> (B, 19) logits."""
+
+    def __init__(self, input_size=101, hidden=6, dropout=0.0, gain=1.0):
+        super().__init__()
+        self.gain = gain  # scales the pooled features up and the output weights down: same logits, larger grads
+        self.lin = nn.Linear(input_size, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, 19)
+        with torch.no_grad():
+            self.out.weight.div_(gain)
+
+    def forward(self, x, lengths, note_locations):
+        mask = (torch.arange(x.shape[1]) < lengths[:, None]).to(x.dtype)[:, :, None]  # ignore padding
+        h = (torch.tanh(self.lin(x)) * mask).sum(1) / lengths[:, None].to(x.dtype)
+        return self.out(self.drop(h * self.gain))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only add synchronisation (and on a shared CPU, a lot of it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return synthetic_dataset(40, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "synthetic.npz"
+    np.savez(path, **synthetic_arrays(40, seed=0))
+    return path
+
+
+def tiny(preset="han", **kw):
+    return get_preset(preset, hidden_size=8, **kw)
+
+
+SMALL = T.TrainConfig(epochs=3, lr=1e-3)
+
+
+# ------------------------------------------------------------------------------------------ configuration
+
+
+def test_train_config_defaults_are_the_original():
+    c = T.TrainConfig()
+    assert (c.lr, c.weight_decay, c.lr_step_size, c.lr_gamma, c.grad_clip) == (2.5e-5, 1e-5, 3000, 0.98, 2.0)
+    assert (c.batch_size, c.eval_batch_size, c.final_eval_batch_size, c.epochs, c.seed) == (8, 8, 1, 100, 7)
+    assert c.deterministic is False and c.limit_segments is None and c.max_train_batches is None
+    assert c.is_original() and not c.replace(lr=1e-3).is_original() and not c.replace(limit_segments=4).is_original()
+    assert T.TrainConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(Exception):
+        c.lr = 1.0  # frozen
+    with pytest.raises(ValueError, match="batch_size"):
+        T.TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="unknown fields"):
+        T.TrainConfig.from_dict({**c.to_dict(), "warmup": 10})
+
+
+def test_optimizer_is_adam_over_all_parameters_in_one_group():
+    model = StandIn()
+    opt = T.build_optimizer(model, T.TrainConfig())
+    assert type(opt) is torch.optim.Adam  # not AdamW: coupled L2
+    assert len(opt.param_groups) == 1
+    g = opt.param_groups[0]
+    assert [id(p) for p in g["params"]] == [id(p) for p in model.parameters()]
+    assert (g["lr"], g["weight_decay"], g["betas"], g["eps"], g["amsgrad"]) == (2.5e-5, 1e-5, (0.9, 0.999), 1e-8, False)
+
+
+def test_scheduler_steps_per_batch_with_the_original_formula():
+    p = nn.Parameter(torch.zeros(1))
+    tcfg = T.TrainConfig()
+    opt = torch.optim.Adam([p], lr=tcfg.lr)
+    sched = T.build_scheduler(opt, tcfg)
+    seen = {}
+    for k in range(6002):
+        seen[k] = opt.param_groups[0]["lr"]
+        p.grad = torch.zeros(1)
+        opt.step()
+        sched.step()
+    for k in (0, 1, 2999, 3000, 3001, 5999, 6000, 6001):
+        assert seen[k] == pytest.approx(2.5e-5 * 0.98 ** (k // 3000), rel=1e-12), k
+
+
+def test_loss_is_mse_of_sigmoid():
+    logits, y = torch.randn(5, 19), torch.rand(5, 19)
+    torch.testing.assert_close(T.loss_fn(logits, y), ((torch.sigmoid(logits) - y) ** 2).mean(), **EXACT)
+
+
+class RecordingAdam(torch.optim.Adam):
+    def step(self, closure=None):
+        self.grads_at_step = [p.grad.detach().clone() for p in self.param_groups[0]["params"]]
+        return super().step(closure)
+
+
+def test_train_step_order_clipping_and_return(ds):
+    torch.manual_seed(0)
+    model = StandIn(gain=1e4)  # gradient norm well above the clip
+    batch = ds.batch(range(8))
+    ref = copy.deepcopy(model)
+    ref_loss = T.loss_fn(ref(batch.x, batch.lengths, batch.note_locations), batch.labels)
+    ref_loss.backward()
+    raw_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in ref.parameters()]))
+    assert raw_norm > 10 * T.TrainConfig().grad_clip  # the test only means something if clipping is active
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 2.0)
+    opt = RecordingAdam(model.parameters(), lr=2.5e-5, weight_decay=1e-5)
+    sched = T.build_scheduler(opt, T.TrainConfig())
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e6)  # stale gradients: zero_grad must come before backward
+    loss = T.train_step(model, batch, opt, sched, T.TrainConfig())
+    assert not loss.requires_grad and loss.shape == ()
+    torch.testing.assert_close(loss, ref_loss.detach(), **EXACT)
+    for got, want in zip(opt.grads_at_step, [p.grad for p in ref.parameters()]):
+        torch.testing.assert_close(got, want, **FP32)
+    step_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in opt.grads_at_step]))
+    assert step_norm == pytest.approx(2.0, rel=1e-5)
+    assert sched.last_epoch == 1 and model.training
+
+
+def test_predict_uses_the_original_valid_loss_formula(ds):
+    torch.manual_seed(1)
+    model = StandIn(dropout=0.5).train()
+    idx = np.arange(20)  # batches of 8, 8, 4
+    p = T.predict(model, ds, idx, feature_set="full", batch_size=8)
+    assert model.training  # mode restored
+    assert p.segment_ids == [str(s) for s in ds.segment_ids[idx]]
+    np.testing.assert_allclose(p.predictions, 1 / (1 + np.exp(-p.logits.astype(np.float64))), rtol=1e-6, atol=1e-7)
+    sq = (p.predictions.astype(np.float64) - ds.labels[idx]) ** 2
+    expect = (sq[:8].mean() + sq[8:16].mean() + sq[16:].mean()) / 20
+    assert p.loss == pytest.approx(expect, rel=1e-6)
+    assert p.loss == pytest.approx(T.original_valid_loss(ds.labels[idx], p.predictions, 8), rel=1e-6)
+    assert p.loss < sq.mean() / 4  # it is ~ MSE / batch size, not the MSE
+    # eval mode: no dropout, so the result does not depend on the batch size here
+    p1 = T.predict(model, ds, idx, feature_set="full", batch_size=1)
+    np.testing.assert_allclose(p1.predictions, p.predictions, **FP32)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_atomic_save_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    T.atomic_save({"a": torch.ones(2)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        T.atomic_save({"a": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    torch.testing.assert_close(torch.load(path, weights_only=True)["a"], torch.ones(2), **EXACT)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+
+
+def test_rng_state_roundtrip():
+    T.set_seed(3)
+    state = T.rng_state()
+    a = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    T.set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), __import__("random").random())
+    torch.testing.assert_close(a[0], b[0], **EXACT)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[2] == b[2]
+
+
+def test_deterministic_mode_toggles():
+    try:
+        T.configure_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        T.configure_determinism(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+# ------------------------------------------------------------------------------------------ fold runs
+
+
+def _run(ds, out, tcfg=SMALL, preset="han", **kw):
+    feature_set = "performance_only" if preset == "bilstm" else "full"
+    return T.train_fold(tiny(preset), tcfg, ds, "composition", 1, out, feature_set=feature_set, progress=False, **kw)
+
+
+def test_train_fold_files_log_and_selection(ds, tmp_path):
+    res = _run(ds, tmp_path)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    for r in log:
+        for key in ("epoch", "train_loss", "valid_loss", "valid_r2", "test_r2", "lr", "seconds"):
+            assert key in r and r[key] is not None and np.isfinite(r[key]), key
+    losses = [r["valid_loss"] for r in log]
+    assert res["best_epoch"] == int(np.argmin(losses)) + 1 and res["valid_loss"] == min(losses)
+    for name in ("last.pt", "best.pt", "test_predictions.npz", "fold_result.json"):
+        assert (tmp_path / name).is_file(), name
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    for key in ("model_state", "model_config", "train_config", "optimizer", "scheduler", "epoch", "best", "rng", "history"):
+        assert key in last, key
+    assert last["epoch"] == 3 and last["scheduler"]["last_epoch"] == 3 * int(np.ceil(len(ds.split_indices("composition", 1, "train")) / 8))
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["epoch"] == res["best_epoch"]
+    # the reported test metrics are those of the best checkpoint at batch size 1
+    pred = np.load(tmp_path / "test_predictions.npz", allow_pickle=False)
+    te = ds.split_indices("composition", 1, "test")
+    assert list(pred["segment_ids"]) == [str(s) for s in ds.segment_ids[te]]
+    assert r2(pred["labels"], pred["predictions"]) == pytest.approx(res["test_r2"], abs=1e-7)
+    model = T.model_from_checkpoint(best)
+    again = T.evaluate_model(model, ds, te, feature_set="full", batch_size=1)
+    assert again["metrics"]["r2"] == pytest.approx(res["test_r2"], abs=1e-12)
+    with pytest.raises(ValueError, match="--resume"):
+        _run(ds, tmp_path)  # never overwrites a run silently
+
+
+def test_resume_is_bitwise_identical(ds, tmp_path):
+    """Interrupt after epoch 1 (checkpoint on disk), resume, and end exactly where an uninterrupted run ends."""
+    full = _run(ds, tmp_path / "full")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(epoch, record):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _run(ds, tmp_path / "resumed", on_epoch_end=stop)
+    assert not (tmp_path / "resumed" / "fold_result.json").exists()
+    resumed = _run(ds, tmp_path / "resumed", resume=True)
+
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    for k in a["model_state"]:
+        torch.testing.assert_close(b["model_state"][k], a["model_state"][k], **EXACT)
+    for pid, st in a["optimizer"]["state"].items():
+        for name, v in st.items():
+            torch.testing.assert_close(b["optimizer"]["state"][pid][name], v, **EXACT)
+    assert a["scheduler"] == b["scheduler"] and a["best"] == b["best"]
+    torch.testing.assert_close(b["rng"]["torch"], a["rng"]["torch"], **EXACT)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(a["history"]) == strip(b["history"])
+    log_b = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert strip(log_b) == strip(a["history"])
+    pa = np.load(tmp_path / "full" / "test_predictions.npz")
+    pb = np.load(tmp_path / "resumed" / "test_predictions.npz")
+    np.testing.assert_array_equal(pa["predictions"], pb["predictions"])
+    assert {k: v for k, v in full.items() if "seconds" not in k} == {k: v for k, v in resumed.items() if "seconds" not in k}
+
+
+def test_resume_refuses_a_different_config(ds, tmp_path):
+    _run(ds, tmp_path, tcfg=SMALL.replace(epochs=1))
+    with pytest.raises(ValueError, match="lr"):
+        _run(ds, tmp_path, tcfg=SMALL.replace(lr=1e-4), resume=True)
+    with pytest.raises(ValueError, match="model config"):
+        T.train_fold(get_preset("han", hidden_size=16), SMALL, ds, "composition", 1, tmp_path, resume=True, progress=False)
+    # extending the number of epochs is allowed
+    res = _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True)
+    assert res["epochs_trained"] == 2
+
+
+def test_feature_set_must_match_the_model(ds, tmp_path):
+    with pytest.raises(ValueError, match="input_size"):
+        T.train_fold(tiny("bilstm"), SMALL, ds, "composition", 0, tmp_path, feature_set="full", progress=False)
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def test_cv_train_and_evaluate_commands(data_file, tmp_path, capsys):
+    small = ["--data", str(data_file), "--epochs", "1", "--hidden-size", "8", "--device", "cpu", "--no-progress"]
+    out = tmp_path / "cv"
+    assert main(["cv", "--preset", "bilstm", "--split", "performer", "--out", str(out), "--folds", "0,2", *small]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["preset"] == "bilstm" and res["split"] == "performer" and res["protocol"] == "modified"
+    assert [f["fold"] for f in res["folds"]] == [0, 2]
+    assert res["mean_test_r2"] == pytest.approx(np.mean([f["test_r2"] for f in res["folds"]]), abs=1e-12)
+    assert set(res["baselines"]) == {"mean", "ridge"}  # shown beside every neural run
+    assert res["config"]["model"]["input_size"] == 9 and res["feature_set"] == "performance_only"
+    assert res["epochs"] == 1 and res["seed"] == 7 and res["data"]["file"] == "synthetic.npz"
+    text = capsys.readouterr().out
+    assert "bilstm" in text and "ridge" in text and "mean" in text
+
+    fold_dir = tmp_path / "one"
+    assert main(["train", "--preset", "han", "--split", "composition", "--fold", "3", "--out", str(fold_dir), *small]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(fold_dir / "best.pt"), "--split", "composition", "--fold", "3", "--data", str(data_file),
+                 "--device", "cpu"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["r2"] == pytest.approx(trained["test_r2"], abs=1e-12) and evaluated["n"] > 0
+    # a second `train` into the same directory without --resume is refused with a clear message
+    assert main(["train", "--preset", "han", "--split", "composition", "--fold", "3", "--out", str(fold_dir), *small]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_iterate_batches_used_for_training_covers_the_split(ds):
+    idx = ds.split_indices("composition", 1, "train")
+    seen = sum((b.segment_ids for b in iterate_batches(ds, idx, 8, shuffle=True, seed=7, epoch=4)), [])
+    assert sorted(seen) == sorted(str(s) for s in ds.segment_ids[idx])
+
+
+def test_load_checkpoint_rejects_foreign_files(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not a percepiano training checkpoint"):
+        T.load_checkpoint(tmp_path / "x.pt")
+    assert load_dataset  # imported for the data_file fixture's format
