@@ -46,19 +46,41 @@ def _bilstm(input_size: int, hidden: int, layers: int, dropout: float) -> nn.LST
 
 
 def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Run ``lstm`` on the first ``lengths[b]`` rows of each sample; padded output rows are exactly 0.
+    """Run a bidirectional ``lstm`` on the first ``lengths[b]`` rows of each sample; padded rows are 0.
 
-    Samples of length 0 (no nodes) are skipped and left at 0.
+    Same result as packing (the original's ``pack_padded_sequence`` → LSTM → ``pad_packed_sequence``),
+    computed without packing, which on CPU runs the recurrence about twice as fast: the forward direction
+    reads the padded batch as is (padding comes after every real row, so it cannot reach them), and the
+    backward direction reads each sample reversed within its own length. Layers run one at a time with the
+    LSTM's own weights; dropout between layers as in ``nn.LSTM``. Samples of length 0 stay 0.
     """
     batch, length, _ = x.shape
-    out = x.new_zeros(batch, length, 2 * lstm.hidden_size)  # (B, N, 2H)
-    nonempty = lengths > 0
-    if not bool(nonempty.all()):
-        out[nonempty] = run_lstm(lstm, x[nonempty], lengths[nonempty])
-        return out
+    valid = (torch.arange(length, device=x.device)[None, :] < lengths[:, None])[:, :, None]  # (B, N, 1)
+    # reversal within each length; an involution, so the same index maps outputs back
+    reverse = (lengths[:, None] - 1 - torch.arange(length, device=x.device)[None, :])  # (B, N)
+    reverse = torch.where(reverse >= 0, reverse, torch.arange(length, device=x.device)[None, :].expand(batch, -1))
+    reverse = reverse[:, :, None]  # (B, N, 1)
+    hidden = lstm.hidden_size
+    out = x
+    for layer in range(lstm.num_layers):
+        if layer > 0 and lstm.dropout > 0 and lstm.training:
+            out = torch.nn.functional.dropout(out, lstm.dropout, training=True)
+        directions = []
+        for suffix in ("", "_reverse"):
+            weights = [getattr(lstm, f"{kind}_l{layer}{suffix}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            inp = out if not suffix else out.gather(1, reverse.expand(-1, -1, out.shape[-1]))  # (B, N, C)
+            state = inp.new_zeros(1, batch, hidden)
+            res = torch._VF.lstm(inp, (state, state), weights, True, 1, 0.0, lstm.training, False, True)[0]  # (B, N, H)
+            directions.append(res if not suffix else res.gather(1, reverse.expand(-1, -1, hidden)))
+        out = torch.cat(directions, dim=-1) * valid  # (B, N, 2H), zero at padding
+    return out
+
+
+def run_lstm_packed(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The original's way (pack, run, unpack); kept as the reference that :func:`run_lstm` is tested against."""
     packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
     hidden, _ = lstm(packed)
-    hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=length)  # (B, N, 2H)
+    hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=x.shape[1])  # (B, N, 2H)
     return hidden
 
 
@@ -76,12 +98,14 @@ def run_voice_lstm(lstm: nn.LSTM, x: torch.Tensor, voice: torch.Tensor, valid: t
     in_voice = (voice[:, :, None] == torch.arange(1, num_voices + 1, device=voice.device)) & valid[:, :, None]  # (B, N, V)
     position = torch.cumsum(in_voice.long(), dim=1) - 1  # (B, N, V): rank of the note within its voice
     counts = in_voice.sum(dim=1).flatten()  # (B*V,) notes per (sample, voice)
+    sequence_of = torch.cumsum(counts > 0, dim=0) - 1  # (B*V,) row among the non-empty sequences
     b_idx, n_idx, v_idx = torch.nonzero(in_voice, as_tuple=True)  # one entry per note with a voice
-    seq = b_idx * num_voices + v_idx  # (M,) which (sample, voice) sequence
+    seq = sequence_of[b_idx * num_voices + v_idx]  # (M,) which non-empty (sample, voice) sequence
     pos = position[b_idx, n_idx, v_idx]  # (M,) position inside it
-    sequences = x.new_zeros(batch * num_voices, int(counts.max()), width)  # (B*V, L, H)
+    nonempty = counts[counts > 0]  # (K,)
+    sequences = x.new_zeros(nonempty.shape[0], int(nonempty.max()), width)  # (K, L, H)
     sequences[seq, pos] = x[b_idx, n_idx]
-    hidden = run_lstm(lstm, sequences, counts)  # (B*V, L, 2Hv); empty sequences stay 0
+    hidden = run_lstm(lstm, sequences, nonempty)  # (K, L, 2Hv)
     out[b_idx, n_idx] = hidden[seq, pos]
     return out
 

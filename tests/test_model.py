@@ -287,3 +287,18 @@ def test_alternative_inits_are_detectable():
     xavier = PercePianoModel(ModelConfig(init="xavier_attention", hidden_size=16))
     assert float(xavier.pool_attention.context_vector.abs().max()) > 1.0  # outside U(-1, 1)
     assert torch.equal(xavier.pool_attention.attention_net.bias, torch.zeros(32))
+
+
+@pytest.mark.parametrize("layers, dropout", [(1, 0.0), (2, 0.0), (2, 0.3)])
+def test_unpacked_bilstm_equals_packed(layers, dropout):
+    """run_lstm computes the packed result without packing: outputs and gradients agree in float64."""
+    from percepiano.model import run_lstm_packed
+
+    lstm = torch.nn.LSTM(5, 3, layers, batch_first=True, bidirectional=True, dropout=dropout).double().eval()
+    x = torch.randn(4, 9, 5, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([9, 4, 1, 6])
+    ours, ref = run_lstm(lstm, x, lengths), run_lstm_packed(lstm, x, lengths)
+    torch.testing.assert_close(ours, ref, **F64)
+    (g_ours,) = torch.autograd.grad((ours * torch.linspace(-1, 1, 6)).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * torch.linspace(-1, 1, 6)).sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, **F64)
