@@ -287,6 +287,15 @@ def _ragged(lists, fill=-1) -> np.ndarray:
     return arr
 
 
+def _lengths(rows) -> np.ndarray:
+    """Segment lengths of zero-padded index rows: last non-zero position + 1 (the whole row if all zero)."""
+    out = []
+    for r in rows:
+        nz = np.nonzero(np.asarray(r))[0]
+        out.append(int(nz[-1]) + 1 if len(nz) else len(r))
+    return np.asarray(out, dtype=np.int64)
+
+
 def _try(fn):
     with contextlib.redirect_stdout(io.StringIO()):  # cal_length prints on its error path
         try:
@@ -324,6 +333,7 @@ def capture_hierarchy(up, out: Path) -> dict:
         res, err = _try(lambda: u.find_boundaries_batch(t(idx)))
         key = f"find_boundaries/{name}"
         arrays[key + "/input"] = np.asarray(idx, dtype=np.int64)
+        arrays[key + "/lengths"] = _lengths(idx)
         if res is not None:
             arrays[key + "/output"] = _ragged(res)
         cases.append({"key": key, "function": "utils.find_boundaries_batch", "raises": err,
@@ -399,6 +409,8 @@ def capture_hierarchy(up, out: Path) -> dict:
         key = f"make_higher_node/{name}"
         arrays[key + "/lower_out"] = np_(x)
         arrays[key + "/lower_indices"] = np.asarray(lower, dtype=np.int64)
+        arrays[key + "/note_lengths"] = _lengths([np.maximum(a, b) for a, b in zip(np.asarray(lower), np.asarray(higher))])
+        arrays[key + "/lower_rows"] = np.asarray(rows, dtype=np.int64)
         arrays[key + "/higher_indices"] = np.asarray(higher, dtype=np.int64)
         arrays[key + "/attention_net.weight"] = np_(att.attention_net.weight)
         arrays[key + "/attention_net.bias"] = np_(att.attention_net.bias)
@@ -409,19 +421,20 @@ def capture_hierarchy(up, out: Path) -> dict:
                       "lower_is_note": is_note, "num_heads": heads})
 
     # span_beat_to_note_num
-    sp_cases = {
-        "padded_offsets": ([[3, 3, 4, 5, 5, 0], [0, 0, 1, 1, 2, 2]], 3),
-        "unpadded_first_two_differ_bug": ([[0, 1, 1, 2, 2, 3]], 4),
-        "one_measure_at_zero_padded": ([[0, 0, 0, 0, 0], [4, 4, 5, 5, 6]], 3),
-        "model_batch_beats": (pad("beat"), max(n_beats)),
+    sp_cases = {  # (indices, number of nodes, true segment lengths)
+        "padded_offsets": ([[3, 3, 4, 5, 5, 0], [0, 0, 1, 1, 2, 2]], 3, [5, 6]),
+        "unpadded_first_two_differ_bug": ([[0, 1, 1, 2, 2, 3]], 4, [6]),
+        "one_measure_at_zero_padded": ([[0, 0, 0, 0, 0], [4, 4, 5, 5, 6]], 3, [3, 5]),
+        "model_batch_beats": (pad("beat"), max(n_beats), [len(l["beat"]) for l in seg_locs]),
     }
-    for name, (idx, tb) in sp_cases.items():
+    for name, (idx, tb, lens) in sp_cases.items():
         beat_out = torch.randn(len(idx), tb, 5, generator=g, dtype=torch.float64)
         with default_dtype(torch.float64):
             res, err = _try(lambda: mu.span_beat_to_note_num(beat_out, t(idx)))
         key = f"span/{name}"
         arrays[key + "/beat_out"] = np_(beat_out)
         arrays[key + "/indices"] = np.asarray(idx, dtype=np.int64)
+        arrays[key + "/lengths"] = np.asarray(lens, dtype=np.int64)
         if res is not None:
             arrays[key + "/output"] = np_(res)
         cases.append({"key": key, "function": "model_utils.span_beat_to_note_num", "raises": err})

@@ -1,0 +1,93 @@
+"""``percepiano parity``: prove our implementation equal to the original PercePiano code, layer by layer.
+
+    percepiano parity                                  # from the recorded fixtures (no original needed)
+    percepiano parity --preset han                     # + the deviations of a configuration (none for presets)
+    percepiano parity --boundary-rule diff_gt_0 --attention-temperature 0.5 --init orthogonal_lstm
+    percepiano parity --upstream /path/to/PercePiano   # live: re-record from the original, then compare
+
+Prints a table per level and tensor (max abs error, tolerance, pass/fail) for the recorded cases (every level
+in float64 and float32, hierarchy utilities, ContextAttention, training steps, init laws, published config),
+then the deviations of the chosen configuration and what each one changes. Exits 1 if any parity check fails
+(deviations of the chosen configuration are reported, not failures).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    from ..config import BOUNDARY_RULES, INITS, LEVELS, PRESETS
+
+    p = subparsers.add_parser("parity", help="layer-by-layer comparison with the original code (recorded fixtures)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="configuration whose deviations to report (default han)")
+    p.add_argument("--boundary-rule", choices=BOUNDARY_RULES, default=None, help="deviation: beat/measure boundary rule")
+    p.add_argument("--attention-temperature", type=float, default=None, help="deviation: softmax temperature")
+    p.add_argument("--init", choices=INITS, default=None, help="deviation: parameter initialisation")
+    p.add_argument("--levels", default=",".join(LEVELS), help="comma-separated levels to compare (default all)")
+    p.add_argument("--dtypes", default="float64,float32", help="comma-separated dtypes (default float64,float32)")
+    p.add_argument("--fixtures", type=Path, default=None, help="fixture directory (default: the recorded ones)")
+    p.add_argument("--upstream", default=None, help="original checkout: record fresh fixtures from it first (live)")
+    p.add_argument("--failures-only", action="store_true", help="print only failing rows")
+    p.set_defaults(func=cmd_parity)
+
+
+def cmd_parity(args) -> int:
+    import torch
+
+    from ..config import describe_deviations, get_preset
+    from reference_parity import compare as C
+
+    levels = [lv for lv in args.levels.split(",") if lv]
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    for lv in levels:
+        if lv not in C.LEVELS:
+            raise ValueError(f"--levels: unknown level {lv!r}; expected some of {C.LEVELS}")
+    for d in dtypes:
+        if d not in C.DTYPES:
+            raise ValueError(f"--dtypes: unknown dtype {d!r}; expected some of {sorted(C.DTYPES)}")
+    overrides = {k: v for k, v in (("boundary_rule", args.boundary_rule), ("attention_temperature", args.attention_temperature),
+                                   ("init", args.init)) if v is not None}
+    cfg = get_preset(args.preset or "han", **overrides)  # raises ValueError on invalid values
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threading only costs time, and single-threaded is reproducible
+    tmp = None
+    try:
+        fixture_dir = args.fixtures
+        if args.upstream:
+            from reference_parity import capture
+
+            tmp = tempfile.TemporaryDirectory(prefix="percepiano-parity-")
+            print(f"recording fresh fixtures from the original at {args.upstream} ...", file=sys.stderr)
+            if capture.main(["--upstream", args.upstream, "--out", tmp.name]) != 0:
+                print("percepiano parity: recording from the original failed", file=sys.stderr)
+                return 2
+            fixture_dir = Path(tmp.name)
+        elif fixture_dir is not None and not (fixture_dir / "MANIFEST.json").is_file():
+            raise FileNotFoundError(f"--fixtures {fixture_dir}: no MANIFEST.json there")
+        man = C.manifest(fixture_dir)
+        print(f"percepiano parity: original {man['original']['repo']} @ {man['original']['commit']} "
+              f"({'live' if args.upstream else 'recorded'} fixtures; recorded with torch {man['versions']['torch']})")
+        report = C.run_all(fixture_dir, levels=levels, dtypes=dtypes)
+        rows = report.failures if args.failures_only else report.rows
+        print(C.Report(rows).table())
+        n, bad = len(report.rows), len(report.failures)
+        print(f"\n{n - bad}/{n} checks pass" + (f"; {bad} FAIL" if bad else ""))
+
+        print(f"\n== configuration: preset {args.preset or 'han'}" + (f" + {overrides}" if overrides else ""))
+        lines = describe_deviations(cfg)
+        print("deviations from the original: " + ("none" if not lines else ""))
+        for line in lines:
+            print(f"  - {line}")
+        if lines:
+            effects = C.deviation_effects(cfg, fixture_dir, levels=levels)
+            print(C.Report(effects).table())
+        return 1 if bad else 0
+    finally:
+        torch.set_num_threads(threads)
+        if tmp is not None:
+            tmp.cleanup()
