@@ -823,18 +823,22 @@ def main(argv=None) -> int:
     except U.UpstreamError as exc:
         print(f"capture: {exc}", file=sys.stderr)
         return 2
+    det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)  # identical reductions on every run
-    a.out.mkdir(parents=True, exist_ok=True)
-    for old in a.out.glob("*.npz"):
-        old.unlink()
-    files = []
-    files.append(capture_config(up, a.out))
-    files += capture_models(up, a.out)
-    files.append(capture_hierarchy(up, a.out))
-    files.append(capture_attention(up, a.out))
-    files += capture_training(up, a.out)
-    files.append(capture_init(up, a.out))
+    try:
+        a.out.mkdir(parents=True, exist_ok=True)
+        for old in a.out.glob("*.npz"):
+            old.unlink()
+        files = [capture_config(up, a.out)]
+        files += capture_models(up, a.out)
+        files.append(capture_hierarchy(up, a.out))
+        files.append(capture_attention(up, a.out))
+        files += capture_training(up, a.out)
+        files.append(capture_init(up, a.out))
+    finally:
+        torch.use_deterministic_algorithms(det)
+        torch.set_num_threads(threads)
     total = 0
     for entry in files:
         p = a.out / entry["file"]

@@ -215,9 +215,10 @@ def _shims(training: bool) -> dict[str, types.ModuleType]:
 
 
 def _own_names(code_dir: Path) -> set[str]:
+    """Top-level module names the original defines (its ``*.py`` files and packages; not ``__main__``/``__init__``)."""
     names = {p.stem for p in code_dir.glob("*.py")}
     names |= {p.name for p in code_dir.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    return names
+    return {n for n in names if not n.startswith("__")}
 
 
 @contextlib.contextmanager
@@ -288,7 +289,8 @@ class Upstream:
         return self.modules[name]
 
     def __getattr__(self, name):
-        if name.startswith("_") or name in ("modules", "root", "code_dir"):
+        # only the original's own module names resolve (``up.utils``); anything else is a plain AttributeError
+        if name.startswith("_") or name not in _own_names(self.__dict__["code_dir"]):
             raise AttributeError(name)
         return self.mod(name)
 
