@@ -283,3 +283,33 @@ def test_cli_registers_commands(capsys):
     assert exc.value.code == 0
     assert "--alignments" in capsys.readouterr().out
     assert math.isfinite(1.0) and np.isfinite(EXACT)
+
+
+# ------------------------------------------------------------------------------------------- named quirk fixes
+def test_unknown_fix_is_rejected(write):
+    with pytest.raises(ValueError, match="unknown quirk fix"):
+        read_musicxml(write(xml(note() + "</measure>")), fixes={"nonsense"})
+
+
+def test_fixes_change_what_they_name(write, tmp_path):
+    body = (note("C", dur=1, beam='<beam number="1">begin</beam>') + note("D", dur=1, beam='<beam number="1">end</beam>')
+            + note("E", dur=2) + note("G", dur=2, chord=True)
+            + note("F", dur=2, notations="<articulations><staccato/><accent/></articulations>") + "</measure>"
+            + '<measure number="2">' + note("C", dur=6) + "</measure>")
+    path = write(xml(body))
+    fixed = extract_score_features(read_musicxml(path, fixes={"beam_state", "articulations"}))
+    beams = {n.pitch: f[3:] for n, f in zip(fixed.score.notes, fixed.features["slur_beam_vec"])}
+    notation = {n.pitch: f for n, f in zip(fixed.score.notes, fixed.features["notation"])}
+    assert beams[67] == [0, 0, 0]  # the chord head (E) has no beam of its own
+    assert notation[65][2] == 1 and notation[65][3] == 1  # accent and staccato
+
+    tempo = b"\xff\x51\x03" + (1_000_000).to_bytes(3, "big")
+    events = [(0, tempo), (0, b"\xb0\x40\x7f"), (0, b"\x90\x3c\x50"), (480, b"\x80\x3c\x00"), (0, b"\xb0\x40\x00"),
+              (0, b"\x90\x3e\x50"), (480, b"\x80\x3e\x00")]
+    midi = tmp_path / "p.mid"
+    midi.write_bytes(smf([events]))
+    assert read_midi(midi).notes[1].pedal_at_start == 127  # Q-PEDALRELEASE
+    assert read_midi(midi, pedal_release_fix=True).notes[1].pedal_at_start == 0
+
+    vel, matched, locs = [60, 80, 100, 50], [1, 1, 1, 1], [1, 1, 2, 2]
+    assert longer_level_dynamics(vel, matched, locs, fix=True) == [75, 75, 87.5, 87.5]  # (mean+max)/2 per bar

@@ -135,8 +135,8 @@ def _contains(seq, item) -> bool:
     return any(x is item for x in seq)
 
 
-def dynamics(directions) -> tuple:
-    """(absolute, relative) dynamics, with relative ends set (get_dynamics)."""
+def dynamics(directions, sort_absolute: bool = False) -> tuple:
+    """(absolute, relative) dynamics, with relative ends set (get_dynamics); ``sort_absolute`` fixes Q-FP."""
     absolute = _select(directions, ABS_DYNAMIC_KEYWORDS)
     relative = _select(directions, REL_DYNAMIC_KEYWORDS)
     kept = []
@@ -153,6 +153,8 @@ def dynamics(directions) -> tuple:
         else:
             kept.append(d)
     absolute, moved = _split_relative_words(kept)
+    if sort_absolute:
+        absolute.sort(key=lambda d: d.pos)
     relative = [d for d in relative + moved if not _contains(absolute, d)]
     relative.sort(key=lambda d: d.pos)
     relative = _merge_wedges(relative)
@@ -216,9 +218,9 @@ def tempos(directions) -> tuple:
     return absolute, relative
 
 
-def apply_directions(notes, directions, time_signatures) -> None:
+def apply_directions(notes, directions, time_signatures, sort_absolute: bool = False) -> None:
     """Per-note absolute/relative dynamics and tempi and the governing time signature (apply_directions_to_notes)."""
-    abs_dyn, rel_dyn = dynamics(directions)
+    abs_dyn, rel_dyn = dynamics(directions, sort_absolute)
     abs_tmp, rel_tmp = tempos(directions)
     dyn_pos = [d.pos for d in abs_dyn]
     tmp_pos = [d.pos for d in abs_tmp]

@@ -194,8 +194,11 @@ class _Clock:
         return self.starts[k] + self.scales[k] * (tick - self.ticks[k])
 
 
-def read_midi(path: str | Path, pitch_range: tuple = (21, 108)) -> Performance:
-    """Read a performance (or score) MIDI file into onset-sorted notes with pedal values attached."""
+def read_midi(path: str | Path, pitch_range: tuple = (21, 108), pedal_release_fix: bool = False) -> Performance:
+    """Read a performance (or score) MIDI file into onset-sorted notes with pedal values attached.
+
+    ``pedal_release_fix`` (quirk fix ``pedal_release``): a pedal value of 0 starts a zero segment.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such MIDI file: {path}")
@@ -243,7 +246,7 @@ def read_midi(path: str | Path, pitch_range: tuple = (21, 108)) -> Performance:
     end_time = max([n.end for n in notes] + [c.time for c in ccs] + [0.0])
     notes.sort(key=lambda n: n.start)
     perf = Performance(notes=notes, control_changes=ccs, end_time=end_time, path=str(path))
-    add_pedal_info(perf)
+    add_pedal_info(perf, pedal_release_fix)
     return perf
 
 
@@ -263,14 +266,14 @@ class PedalSegment:
     value: int
 
 
-def pedal_segments(perf: Performance, numbers: tuple = (64, 127)) -> list:
+def pedal_segments(perf: Performance, numbers: tuple = (64, 127), release_fix: bool = False) -> list:
     """Pedal segments in the order the original builds them (a release creates none, Q-PEDALRELEASE)."""
     segments = [PedalSegment(0.0, 0)]
     current = None
     for cc in perf.control_changes:
         if cc.number not in numbers:
             continue
-        if cc.value > 0:
+        if cc.value > 0 or release_fix:
             if current is not None:
                 segments.append(current)
             current = PedalSegment(cc.time, cc.value)
@@ -282,11 +285,11 @@ def pedal_segments(perf: Performance, numbers: tuple = (64, 127)) -> list:
     return segments
 
 
-def add_pedal_info(perf: Performance) -> None:
+def add_pedal_info(perf: Performance, release_fix: bool = False) -> None:
     """Per note: pedal at onset/offset, soft pedal, refresh and cut values and times (add_pedal_inf_to_notes)."""
-    sustain = pedal_segments(perf)
+    sustain = pedal_segments(perf, release_fix=release_fix)
     sustain_pos = [p.start for p in sustain]
-    soft = pedal_segments(perf, (67,))
+    soft = pedal_segments(perf, (67,), release_fix=release_fix)
     soft_pos = [p.start for p in soft]
     notes = perf.notes
     for idx, note in enumerate(notes):

@@ -149,7 +149,9 @@ class _State:
         self.prev_pos = 0
         self.chord_index = 0
         self.beam_start = self.beam_continue = self.beam_stop = False
+        self.head_beams = (False, False, False)  # own beams of the last non-chord note (fix "beam_state")
         self.measure_index = 0
+        self.fixes: frozenset = frozenset()
 
 
 def _read_root(path: str | Path) -> ET.Element:
@@ -201,7 +203,10 @@ def _parse_note(el: ET.Element, st: _State) -> ScoreNote:
             n.is_chord = True
             st.chord_index += 1
             n.chord_index = st.chord_index
-            n.beam_start, n.beam_continue, n.beam_stop = st.beam_start, st.beam_continue, st.beam_stop
+            if "beam_state" in st.fixes:
+                n.beam_start, n.beam_continue, n.beam_stop = st.head_beams
+            else:  # Q-BEAM: the sticky parser state
+                n.beam_start, n.beam_continue, n.beam_stop = st.beam_start, st.beam_continue, st.beam_stop
         elif tag == "duration":
             _set_duration(n, st, False, _int(child.text, "duration"))
         elif tag == "pitch":
@@ -218,7 +223,7 @@ def _parse_note(el: ET.Element, st: _State) -> ScoreNote:
         elif tag == "voice":
             n.voice = _int(child.text, "voice")
         elif tag == "notations":
-            _parse_notations(n, child)
+            _parse_notations(n, child, "articulations" in st.fixes)
         elif tag == "unpitched":
             n.unpitched = True
         elif tag == "grace":
@@ -239,6 +244,7 @@ def _parse_note(el: ET.Element, st: _State) -> ScoreNote:
                 n.beam_continue = st.beam_continue = True
     if not n.is_chord:
         st.chord_index = 0
+        st.head_beams = (n.beam_start, n.beam_continue, n.beam_stop)
     return n
 
 
@@ -255,13 +261,12 @@ def _set_duration(n: ScoreNote, st: _State, grace: bool, duration: int) -> None:
         st.pos += n.duration
 
 
-def _parse_notations(n: ScoreNote, el: ET.Element) -> None:
+def _parse_notations(n: ScoreNote, el: ET.Element, all_articulations: bool = False) -> None:
     for child in el:
         tag = child.tag
         if tag == "articulations":
             kids = list(child)
-            if kids:  # Q-ARTIC: only the first articulation is read
-                first = kids[0].tag
+            for first in [k.tag for k in (kids if all_articulations else kids[:1])]:  # Q-ARTIC: only the first
                 if first == "arpeggiate":
                     n.is_arpeggiate = True
                 elif first == "accent":
@@ -340,8 +345,12 @@ def _parse_direction(el: ET.Element, st: _State) -> Direction | None:
     return d
 
 
-def read_musicxml(path: str | Path) -> Score:
-    """Parse one MusicXML file into the original's playable-note list, rests, measures and directions."""
+def read_musicxml(path: str | Path, fixes=frozenset()) -> Score:
+    """Parse one MusicXML file into the original's playable-note list, rests, measures and directions.
+
+    ``fixes``: names from :data:`percepiano.features.quirks.FIXES` (``beam_state``, ``articulations``).
+    """
+    from .quirks import check_fixes
     root = _read_root(path)
     parts = root.findall("part")
     if len(parts) == 0:
@@ -351,6 +360,7 @@ def read_musicxml(path: str | Path) -> Score:
             f"{path}: the score has {len(parts)} parts; only single-part (piano) scores are supported")
     part = parts[0]
     st = _State()
+    st.fixes = check_fixes(fixes)
     measures: list[Measure] = []
     directions: list[Direction] = []
     time_sigs: list[TimeSignature] = []

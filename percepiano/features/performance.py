@@ -190,10 +190,18 @@ def _segment_for(segments: list, pos: float) -> TempoSegment:
     return segments[binary_index([s.pos for s in segments], pos)]
 
 
-def longer_level_dynamics(velocity: list, matched: list, locations: list) -> list:
-    """(mean+max)/2 of matched velocities per beat/measure group (get_longer_level_dynamics), quirks included."""
+def longer_level_dynamics(velocity: list, matched: list, locations: list, fix: bool = False) -> list:
+    """(mean+max)/2 of matched velocities per beat/measure group (get_longer_level_dynamics), quirks included.
+
+    ``fix`` (quirk fix ``longer_dynamics``): the first group starts at the first matched note's index and the last
+    group uses (mean+max)/2 too.
+    """
     out = [0] * len(velocity)
     prev_loc, start = 0, 0
+    if fix:
+        first = next((i for i, ok in enumerate(matched) if ok), None)
+        if first is not None:
+            prev_loc, start = locations[first], 0
     group: list = []
     for i, ok in enumerate(matched):
         if not ok:
@@ -207,14 +215,17 @@ def longer_level_dynamics(velocity: list, matched: list, locations: list) -> lis
             prev_loc, start = loc, i
         group.append(velocity[i])
     if group:
-        value = (sum(group) + max(group)) / 2 / len(group)  # Q-LASTGROUP
+        if fix:
+            value = (sum(group) / len(group) + max(group)) / 2
+        else:
+            value = (sum(group) + max(group)) / 2 / len(group)  # Q-LASTGROUP
         for j in range(start, len(velocity)):
             out[j] = value
     return out
 
 
 def performance_features(xml_notes: list, locations: dict, grids: dict, perf_notes: list, pairs: list,
-                         anchors: list) -> dict:
+                         anchors: list, fixes=frozenset()) -> dict:
     """Per-score-note performance features (original key names); ``pairs`` are the cleaned pairs."""
     beat = tempo_segments(grids["beat"], anchors)
     measure = tempo_segments(grids["measure"], anchors)
@@ -269,8 +280,9 @@ def performance_features(xml_notes: list, locations: dict, grids: dict, perf_not
     for s in beat[:view]:
         total += s.qpm
     f["qpm_primo"] = math.log10(total / view)
-    f["beat_dynamics"] = longer_level_dynamics(f["velocity"], f["align_matched"], locations["beat"])
-    f["measure_dynamics"] = longer_level_dynamics(f["velocity"], f["align_matched"], locations["measure"])
+    fix = "longer_dynamics" in fixes
+    f["beat_dynamics"] = longer_level_dynamics(f["velocity"], f["align_matched"], locations["beat"], fix)
+    f["measure_dynamics"] = longer_level_dynamics(f["velocity"], f["align_matched"], locations["measure"], fix)
     return f
 
 

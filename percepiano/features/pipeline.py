@@ -9,6 +9,7 @@ import numpy as np
 from .assemble import LOCATION_KEYS, assemble, to_matrix
 from .midi import Performance, read_midi
 from .musicxml import read_musicxml
+from .quirks import check_fixes
 from .performance import (clean_pairs, match_score_midi, pairs_from_corresp, performance_features,
                           read_corresp)
 from .score_features import ScoreFeatures, extract_score_features
@@ -43,17 +44,24 @@ class FeatureResult:
         return x, lengths, locs
 
 
-def load_score(path: str | Path) -> ScoreFeatures:
+def load_score(path: str | Path, fixes=frozenset()) -> ScoreFeatures:
     """Parse a MusicXML file and compute its score features (reusable across performances of the piece)."""
-    return extract_score_features(read_musicxml(path))
+    fixes = check_fixes(fixes)
+    return extract_score_features(read_musicxml(path, fixes), fixes=fixes)
 
 
-def _finish(sf: ScoreFeatures, perf: Performance, pairs: list, fix_insert_index: bool = False) -> FeatureResult:
+def _performance(performance, fixes: frozenset) -> Performance:
+    if isinstance(performance, Performance):
+        return performance
+    return read_midi(performance, pedal_release_fix="pedal_release" in fixes)
+
+
+def _finish(sf: ScoreFeatures, perf: Performance, pairs: list, fixes: frozenset = frozenset()) -> FeatureResult:
     notes = sf.score.notes
     anchors, cleaned = clean_pairs(notes, pairs, perf.notes)
     grids = {"beat": sf.beat_grid, "measure": sf.measure_grid, "section": sf.section_grid}
-    pf = performance_features(notes, sf.locations, grids, perf.notes, cleaned, anchors)
-    out = assemble(sf.features, sf.locations, pf, cleaned, perf.notes, fix_insert_index=fix_insert_index)
+    pf = performance_features(notes, sf.locations, grids, perf.notes, cleaned, anchors, fixes=fixes)
+    out = assemble(sf.features, sf.locations, pf, cleaned, perf.notes, fix_insert_index="insert_index" in fixes)
     raw = to_matrix(out["features"], normalize=False)
     x = to_matrix(out["features"], normalize=True).astype(np.float32)
     locs = {k: np.asarray(out["locations"][k], dtype=np.int64) for k in LOCATION_KEYS}
@@ -77,10 +85,16 @@ def extract_with_corresp(score: str | Path | ScoreFeatures, performance: str | P
 
 
 def extract(score: str | Path | ScoreFeatures, performance: str | Path | Performance,
-            fix_insert_index: bool = False) -> FeatureResult:
-    """MusicXML + performance MIDI -> model input, aligned with our aligner (needs the ``features`` extra)."""
+            fixes=frozenset()) -> FeatureResult:
+    """MusicXML + performance MIDI -> model input, aligned with our aligner (needs the ``features`` extra).
+
+    ``fixes``: quirk-fix names (:data:`percepiano.features.quirks.FIXES`); the default reproduces the original.
+    Score-side fixes only apply when ``score`` is a path (a :class:`ScoreFeatures` is used as it was loaded), and
+    the pedal fix only when ``performance`` is a path.
+    """
     from .align import align
-    sf = score if isinstance(score, ScoreFeatures) else load_score(score)
-    perf = performance if isinstance(performance, Performance) else read_midi(performance)
+    fixes = check_fixes(fixes)
+    sf = score if isinstance(score, ScoreFeatures) else load_score(score, fixes)
+    perf = _performance(performance, fixes)
     pairs = align(sf.score.notes, perf.notes)
-    return _finish(sf, perf, pairs, fix_insert_index=fix_insert_index)
+    return _finish(sf, perf, pairs, fixes)

@@ -118,9 +118,10 @@ def section_positions(notes: list) -> list:
     return out
 
 
-def extract_score_features(score: Score, composer: str = DEFAULT_COMPOSER) -> ScoreFeatures:
+def extract_score_features(score: Score, composer: str = DEFAULT_COMPOSER, fixes=frozenset()) -> ScoreFeatures:
+    """``fixes``: quirk-fix names (:data:`percepiano.features.quirks.FIXES`); ``fp_order`` applies here."""
     notes = score.notes
-    dirs.apply_directions(notes, score.directions, score.time_signatures)
+    dirs.apply_directions(notes, score.directions, score.time_signatures, sort_absolute="fp_order" in fixes)
     measure_grid = score.measure_positions
     beat_grid = beat_positions(score)
     section_grid = section_positions(notes)
