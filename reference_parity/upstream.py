@@ -123,7 +123,8 @@ def verify_checkout(root: Path) -> dict:
     if commit is None:
         for name in MARKER_FILES:
             if (root / name).is_file():
-                commit = (root / name).read_text().strip().split()[0] if (root / name).read_text().strip() else ""
+                words = (root / name).read_text().split()
+                commit = words[0] if words else ""
                 method = f"marker file {name} + sha256 of key files"
                 break
     if commit is not None and not commit.startswith(EXPECTED_COMMIT):

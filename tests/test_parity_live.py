@@ -83,6 +83,16 @@ def test_checkout_verification(up, tmp_path):
     with pytest.raises(U.UpstreamError, match="expected e672299"):
         U.verify_checkout(copy)
     (copy / "UPSTREAM_COMMIT").unlink()
+    if shutil.which("git"):  # a git checkout at another commit is refused by its HEAD
+        import subprocess
+
+        git = ["git", "-C", str(copy), "-c", "user.name=t", "-c", "user.email=t@t"]
+        subprocess.run(git[:3] + ["init", "-q"], check=True)
+        subprocess.run(git + ["add", "-A"], check=True)
+        subprocess.run(git + ["commit", "-q", "-m", "not the original"], check=True)
+        with pytest.raises(U.UpstreamError, match="is at commit .*expected e672299"):
+            U.verify_checkout(copy)
+        shutil.rmtree(copy / ".git")
     with open(copy / "virtuoso/virtuoso/module.py", "a") as f:
         f.write("\n# modified\n")
     with pytest.raises(U.UpstreamError, match="module.py.*differ"):
