@@ -307,10 +307,12 @@ def fold_indices(data: PercePianoData, split: str, fold: int, tcfg: TrainConfig)
 
 
 class _Progress:
-    """tqdm when installed and enabled, otherwise nothing per batch (epoch lines are printed by the caller)."""
+    """Per-batch progress on stderr: a tqdm bar when tqdm is installed, otherwise a plain line every ~10% of
+    the epoch; nothing when disabled (epoch lines are printed by the caller either way)."""
 
     def __init__(self, total: int, desc: str, enabled: bool):
-        self.bar = None
+        self.bar, self.total, self.desc, self.enabled, self.done = None, total, desc, enabled, 0
+        self.every = max(1, total // 10)
         if enabled:
             try:
                 from tqdm import tqdm
@@ -320,8 +322,11 @@ class _Progress:
                 self.bar = None
 
     def update(self):
+        self.done += 1
         if self.bar is not None:
             self.bar.update(1)
+        elif self.enabled and (self.done % self.every == 0 or self.done == self.total):
+            print(f"{self.desc}: batch {self.done}/{self.total}", file=sys.stderr, flush=True)
 
     def close(self):
         if self.bar is not None:

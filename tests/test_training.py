@@ -328,3 +328,19 @@ def test_load_checkpoint_rejects_foreign_files(tmp_path):
     with pytest.raises(ValueError, match="not a percepiano training checkpoint"):
         T.load_checkpoint(tmp_path / "x.pt")
     assert load_dataset  # imported for the data_file fixture's format
+
+
+def test_plain_progress_without_tqdm(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `from tqdm import tqdm` raises ImportError
+    bar = T._Progress(20, "fold 0 epoch 1/1", enabled=True)
+    for _ in range(20):
+        bar.update()
+    bar.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 10 and lines[-1] == "fold 0 epoch 1/1: batch 20/20"
+    quiet = T._Progress(20, "x", enabled=False)
+    for _ in range(20):
+        quiet.update()
+    assert capsys.readouterr().err == ""
