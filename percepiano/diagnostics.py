@@ -334,9 +334,10 @@ def fold_values(results: Mapping, label: str | None = None) -> np.ndarray:
 
 
 def fold_spread(results: Mapping, label: str | None = None) -> float:
-    """Sample standard deviation (ddof=1) of the per-fold test R²; 0 for a single fold."""
+    """Standard deviation over folds of the test R² (population std, ddof 0: the ``fold_std`` that
+    ``percepiano cv`` writes into results.json); 0 for a single fold."""
     v = fold_values(results, label)
-    return float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return float(v.std()) if len(v) > 1 else 0.0
 
 
 def metric_value(results: Mapping, label: str | None = None) -> float:
@@ -482,7 +483,9 @@ def as_model_config(config: ModelConfig | Mapping) -> ModelConfig:
     if isinstance(config, ModelConfig):
         return config
     d = dict(config)
-    if isinstance(d.get("model"), Mapping):
+    if "model" in d:
+        if not isinstance(d["model"], Mapping):
+            raise ValueError("this run has no model config (a non-neural baseline?)")
         d = dict(d["model"])
     fields = set(ModelConfig.__dataclass_fields__)
     return ModelConfig(**{k: v for k, v in d.items() if k in fields})
@@ -496,6 +499,55 @@ def config_deviations(config: ModelConfig | Mapping) -> list[Deviation]:
         Deviation(k, v, ORIGINAL_BEHAVIOUR[k], DEVIATION_NOTES[k], line)
         for (k, v), line in zip(cfg.deviations().items(), lines)
     ]
+
+
+@dataclass(frozen=True)
+class RunDeviation:
+    scope: str  # "model (named deviation)", "model (size/structure)", "training protocol", "folds"
+    field: str
+    value: object
+    original: object
+    note: str
+
+
+# Training-config fields that do not change what is computed (only how reproducibly / what is logged).
+NEUTRAL_TRAIN_FIELDS = ("deterministic", "eval_test_every_epoch")
+
+
+def run_deviations(results: Mapping) -> list[RunDeviation]:
+    """Everything in a results.json that differs from the published run of its preset: the named model
+    deviations (:func:`config_deviations`), other model fields that differ from the preset (sizes, layers,
+    heads), training-protocol fields that differ from :class:`percepiano.training.TrainConfig` defaults, and
+    a run over fewer than 4 folds. Empty for a faithful run; baselines (no model config) give an empty list."""
+    from .config import PRESETS
+
+    cfg = results.get("config") or {}
+    model = cfg.get("model") if isinstance(cfg, Mapping) else None
+    out: list[RunDeviation] = []
+    if isinstance(model, Mapping):
+        mc = as_model_config(model)
+        for d in config_deviations(mc):
+            out.append(RunDeviation("model (named deviation)", d.field, d.value, d.original, d.note))
+        preset = PRESETS.get(str(results.get("preset")))
+        if preset is not None:
+            ref = preset.to_dict()
+            for k, v in mc.to_dict().items():
+                if k in ORIGINAL_BEHAVIOUR or k == "hidden_size" or ref.get(k) == v:
+                    continue
+                out.append(RunDeviation("model (size/structure)", k, v, ref.get(k),
+                                        f"differs from the published `{results.get('preset')}` preset"))
+    train = cfg.get("train") if isinstance(cfg, Mapping) else None
+    if isinstance(train, Mapping):
+        from .training import TrainConfig
+
+        ref = TrainConfig().to_dict()
+        for k, v in train.items():
+            if k in ref and ref[k] != v and k not in NEUTRAL_TRAIN_FIELDS:
+                out.append(RunDeviation("training protocol", k, v, ref[k], "differs from the original protocol (reference_spec §1.2, §5)"))
+    n_folds = len(results.get("folds", []))
+    if n_folds and n_folds != 4:
+        out.append(RunDeviation("folds", "n_folds", n_folds, 4, "the paper's number is the mean over all 4 folds"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,729 @@
+"""``percepiano report``: one Markdown and one HTML page, with PNG plots, for one or more ``percepiano cv`` runs.
+
+Sections: summary (mean test R² against the published target and the ``mean``/``ridge`` baselines, fold
+spread, collapsed labels), training curves, per-label test R², predicted vs true per label (with the collapse
+detector's spread ratio), hierarchy gain (when a ``han`` and a ``bilstm_sa`` run of the same split are given),
+attention heatmaps of one segment at beat and measure level (needs a checkpoint and the dataset; otherwise the
+section says why it is skipped), and the deviations from the original each run's config carries.
+
+matplotlib is an optional extra (``pip install 'percepiano[report]'``), imported only when plotting, with the
+Agg backend (no display needed).
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import diagnostics as diag
+
+BASELINE_PRESETS = ("mean", "ridge")
+FOLD_DIR = re.compile(r"fold[_-]?(\d+)$")
+PRED_KEYS = ("predictions", "prediction", "pred", "preds", "y_pred", "test_pred")
+LABEL_KEYS = ("labels", "targets", "target", "y_true", "y")
+ID_KEYS = ("segment_ids", "ids", "segments")
+
+
+def _plt():
+    """pyplot with the Agg backend, or a clear error naming the extra to install."""
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError(
+            "percepiano report needs matplotlib: pip install 'percepiano[report]' (or pip install matplotlib)"
+        ) from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading runs
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class FoldArtifacts:
+    fold: int
+    dir: Path | None
+    log: list[dict] = field(default_factory=list)  # one dict per epoch (log.jsonl)
+    predictions: dict | None = None  # {"segment_ids", "predictions" (n, L), "labels" (n, L)} on the test split
+    checkpoint: Path | None = None
+
+
+@dataclass
+class Run:
+    dir: Path
+    results: dict
+    folds: list[FoldArtifacts]
+
+    @property
+    def preset(self) -> str:
+        return str(self.results.get("preset", "?"))
+
+    @property
+    def split(self) -> str:
+        return str(self.results.get("split", "?"))
+
+    @property
+    def name(self) -> str:
+        return f"{self.preset}/{self.split} ({self.dir.name})"
+
+    @property
+    def label_names(self) -> list[str]:
+        return diag.label_names_of(self.results)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.preset in BASELINE_PRESETS
+
+    def test_predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """All folds' test predictions stacked: (pred (n, L), labels (n, L), fold (n,)); None if none saved."""
+        parts = [(f.predictions, f.fold) for f in self.folds if f.predictions is not None]
+        if not parts:
+            return None
+        pred = np.concatenate([p["predictions"] for p, _ in parts])
+        lab = np.concatenate([p["labels"] for p, _ in parts])
+        fold = np.concatenate([np.full(len(p["predictions"]), k) for p, k in parts])
+        return pred, lab, fold
+
+
+def _find_key(z, keys, path, what):
+    for k in keys:
+        if k in z.files:
+            return z[k]
+    raise ValueError(f"{path}: no {what} array (looked for {list(keys)}; has {z.files})")
+
+
+def load_predictions(path: str | os.PathLike) -> dict:
+    """Per-segment predictions saved by ``percepiano cv`` (npz, no pickle)."""
+    with np.load(path, allow_pickle=False) as z:
+        out = {
+            "predictions": np.asarray(_find_key(z, PRED_KEYS, path, "predictions"), dtype=np.float64),
+            "labels": np.asarray(_find_key(z, LABEL_KEYS, path, "labels"), dtype=np.float64),
+        }
+        ids = next((z[k] for k in ID_KEYS if k in z.files), None)
+    out["segment_ids"] = [str(s) for s in ids] if ids is not None else [str(i) for i in range(len(out["labels"]))]
+    if out["predictions"].shape != out["labels"].shape:
+        raise ValueError(f"{path}: predictions {out['predictions'].shape} and labels {out['labels'].shape} differ")
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def _fold_dir(run_dir: Path, fold_entry: Mapping, k: int) -> Path | None:
+    for key in ("dir", "fold_dir", "path"):
+        if fold_entry.get(key):
+            p = Path(fold_entry[key])
+            p = p if p.is_absolute() else run_dir / p
+            if p.is_dir():
+                return p
+    for child in sorted(run_dir.iterdir()):
+        m = FOLD_DIR.search(child.name)
+        if child.is_dir() and m and int(m.group(1)) == k:
+            return child
+    return None
+
+
+def _pick(files: list[Path], prefer: str) -> Path | None:
+    if not files:
+        return None
+    preferred = [f for f in files if prefer in f.name]
+    return sorted(preferred or files)[0]
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """A run directory (or its results.json) with every fold's log, test predictions and checkpoint."""
+    results = diag.load_results(path)
+    run_dir = Path(results["_path"]).parent
+    folds = []
+    for i, entry in enumerate(results["folds"]):
+        k = int(entry.get("fold", i))
+        d = _fold_dir(run_dir, entry, k)
+        art = FoldArtifacts(fold=k, dir=d)
+        if d is not None:
+            if (d / "log.jsonl").is_file():
+                art.log = _read_jsonl(d / "log.jsonl")
+            npz = _pick([p for p in d.glob("*.npz")], "test")
+            if npz is not None:
+                art.predictions = load_predictions(npz)
+            art.checkpoint = _pick([p for p in d.glob("*.pt")], "best")
+        folds.append(art)
+    return Run(run_dir, results, folds)
+
+
+def find_baseline_runs(runs: Sequence[Run]) -> list[Run]:
+    """``mean``/``ridge`` runs of the same splits found next to the given runs (sibling directories)."""
+    have = {r.dir.resolve() for r in runs}
+    splits = {r.split for r in runs}
+    found = []
+    for parent in sorted({r.dir.parent for r in runs}):
+        for cand in sorted(parent.glob("*/results.json")):
+            if cand.parent.resolve() in have:
+                continue
+            try:
+                res = diag.load_results(cand)
+            except (ValueError, OSError):
+                continue
+            if res.get("preset") in BASELINE_PRESETS and res.get("split") in splits:
+                found.append(load_run(cand))
+                have.add(cand.parent.resolve())
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------------------
+def short_label(name: str, width: int = 22) -> str:
+    """A label name wrapped for plot titles (underscores and slashes become break points)."""
+    return "\n".join(textwrap.wrap(name.replace("_", " "), width)[:3])
+
+
+def plot_curves(run: Run, path: Path) -> Path | None:
+    """Train/valid loss and valid/test R² per epoch, one colour per fold; the best epoch is marked."""
+    folds = [f for f in run.folds if f.log]
+    if not folds:
+        return None
+    plt = _plt()
+    fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.get_cmap("tab10")
+    best = {int(e.get("fold", i)): e.get("best_epoch") for i, e in enumerate(run.results["folds"])}
+    for i, f in enumerate(folds):
+        c = colors(i % 10)
+        ep = [int(r["epoch"]) for r in f.log]
+        for key, style, ax, lab in (
+            ("train_loss", "-", ax_l, "train"), ("valid_loss", "--", ax_l, "valid"),
+            ("test_r2", "-", ax_r, "test"), ("valid_r2", "--", ax_r, "valid"),
+        ):
+            ys = [r.get(key) for r in f.log]
+            if any(v is not None for v in ys):
+                ax.plot(ep, [np.nan if v is None else v for v in ys], style, color=c, marker="o", ms=3,
+                        label=f"fold {f.fold} {lab}")
+        b = best.get(f.fold)
+        if b is not None and b in ep:
+            r = f.log[ep.index(b)]
+            if r.get("valid_loss") is not None:
+                ax_l.plot([b], [r["valid_loss"]], "*", color=c, ms=12, mec="k")
+            if r.get("test_r2") is not None:
+                ax_r.plot([b], [r["test_r2"]], "*", color=c, ms=12, mec="k")
+    ax_l.set(title="loss (MSE after sigmoid); * = selected epoch", xlabel="epoch", ylabel="loss")
+    ax_r.set(title="R² per epoch (solid test, dashed valid)", xlabel="epoch", ylabel="R²")
+    ax_r.axhline(0, color="grey", lw=0.8)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_l, ax_r):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(run.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# Per-label bars are drawn from this R² up; lower values (a tiny run's collapsed model easily reaches -3) are
+# clipped at the axis edge and written next to the bar, so the interesting range [0, 0.6] stays readable.
+R2_AXIS_MIN = -0.5
+
+
+def plot_per_label(runs: Sequence[Run], targets: Mapping | None, path: Path) -> Path:
+    """Horizontal grouped bars of mean-over-folds test R² per label, one bar per run (baselines hatched);
+    dotted vertical lines: each run's mean test R²; dashed: the published mean target of its preset/split."""
+    plt = _plt()
+    names = runs[0].label_names
+    n, m = len(names), len(runs)
+    fig_h = 1.6 + n * (0.16 + 0.1 * m)
+    fig, ax = plt.subplots(figsize=(10, fig_h))
+    height = 0.8 / m
+    colors = plt.get_cmap("tab10")
+    ypos = np.arange(n)
+    hi = 0.1
+    for j, run in enumerate(runs):
+        per = diag.per_label_mean(run.results)
+        vals = np.array([per.get(nm, np.nan) for nm in names], dtype=float)
+        hi = max(hi, float(np.nanmax(vals)) if np.isfinite(vals).any() else hi)
+        c = colors(j % 10)
+        y = ypos - 0.4 + height * (j + 0.5)
+        ax.barh(y, np.maximum(vals, R2_AXIS_MIN), height=height, color=c, alpha=0.85,
+                hatch="//" if run.is_baseline else None, edgecolor="k" if run.is_baseline else None, lw=0.3,
+                label=f"{run.name}: mean {run.results['mean_test_r2']:.3f}")
+        for yy, v in zip(y, vals):
+            if v < R2_AXIS_MIN:
+                ax.text(R2_AXIS_MIN + 0.01, yy, f"{v:.2f} ◂", va="center", ha="left", fontsize=6.5, color="white",
+                        fontweight="bold")
+        mean = run.results["mean_test_r2"]
+        if mean >= R2_AXIS_MIN:
+            ax.axvline(mean, color=c, ls=":", lw=1.2)
+        t = diag.target_for(targets, run.split, run.preset) if targets else None
+        if t is not None:
+            ax.axvline(t, color=c, ls="--", lw=1.5, label=f"published {run.preset}/{run.split}: {t:.3f}")
+            hi = max(hi, t)
+    ax.set_xlim(R2_AXIS_MIN, hi + 0.08)
+    ax.set_yticks(ypos)
+    ax.set_yticklabels([nm.replace("_", " ") for nm in names], fontsize=8)
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel(f"test R² (mean over folds); bars below {R2_AXIS_MIN} are clipped, their value written on them")
+    ax.set_title("Per-label test R² (dotted: run mean; dashed: published mean target)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6 / (fig_h - 1.0)), ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_scatter(run: Run, path: Path, spread: Sequence[diag.SpreadRow] | None = None) -> Path | None:
+    """Predicted vs true on the test split, one panel per label, colour = fold, with the y = x line."""
+    data = run.test_predictions()
+    if data is None:
+        return None
+    pred, lab, fold = data
+    plt = _plt()
+    names = run.label_names
+    cols = 5
+    rows = math.ceil(len(names) / cols)
+    # one scale for every panel (labels and sigmoid outputs live in [0, 1]): a collapsed label shows as a flat
+    # band, and inner panels need no tick labels (drawing text dominates the cost of this figure)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.9 * rows), squeeze=False, sharex=True, sharey=True)
+    # fixed margins instead of tight_layout: 20 panels make tight_layout the slowest part of the report
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.06, top=0.9, wspace=0.28, hspace=0.62)
+    cmap = plt.get_cmap("tab10")
+    point_colors = cmap(fold.astype(int) % 10)
+    r2 = diag.per_label_mean(run.results)
+    by_label = {s.label: s for s in spread} if spread else {}
+    for j, name in enumerate(names):
+        ax = axes[j // cols][j % cols]
+        ax.scatter(lab[:, j], pred[:, j], s=6, alpha=0.5, c=point_colors, linewidths=0)
+        ax.plot([0, 1], [0, 1], color="k", lw=0.8)
+        s = by_label.get(name)
+        extra = f"\nR² {r2.get(name, float('nan')):.3f}" + (f", spread {s.ratio:.2f}{' COLLAPSED' if s.collapsed else ''}" if s else "")
+        ax.set_title(short_label(name, 30) + extra, fontsize=7.5, color="red" if s and s.collapsed else "black")
+        ax.tick_params(labelsize=6)
+    lo = min(0.1, float(np.nanmin(lab)), float(np.nanmin(pred)))
+    hi = max(1.0, float(np.nanmax(lab)), float(np.nanmax(pred)))
+    axes[0][0].set_xlim(lo - 0.02, hi + 0.02)
+    axes[0][0].set_ylim(lo - 0.02, hi + 0.02)
+    for j in range(len(names), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+        axes[j // cols - 1][j % cols].xaxis.set_tick_params(labelbottom=True)  # the panel above an empty one
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", ms=4, color=cmap(int(k) % 10), label=f"fold {k}") for k in np.unique(fold)]
+    axes[0][0].legend(handles=handles, fontsize=6)
+    fig.supxlabel("true label")
+    fig.supylabel("prediction (label scale; neural runs: after the sigmoid)")
+    fig.suptitle(f"{run.name}: test predictions vs labels (spread = std(pred)/std(label))")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_attention(weights: Mapping[str, np.ndarray], boundaries: Mapping[str, Sequence[int]], title: str, path: Path) -> Path:
+    """Heatmaps of one segment's beat weights (heads x notes) and measure weights (heads x beat nodes).
+
+    Each weight is shown times the size of its span (beat or measure), so 1 means "uniform within the span",
+    values > 1 mark what a head focuses on and < 1 what it ignores (log colour scale, centred on 1).
+    Spans of one position are always exactly 1. Vertical lines mark where a new span starts.
+    """
+    plt = _plt()
+    from matplotlib.colors import LogNorm
+
+    levels = [lv for lv in ("beat", "measure") if lv in weights]
+    fig, axes = plt.subplots(len(levels), 1, figsize=(11, 2.5 * len(levels) + 0.7), squeeze=False)
+    for ax, lv in zip(axes[:, 0], levels):
+        w = np.asarray(weights[lv], dtype=np.float64)  # (T, h)
+        b = list(boundaries.get(lv, [0, len(w)]))
+        size = np.zeros(len(w))
+        for s0, s1 in zip(b[:-1], b[1:]):
+            size[s0:s1] = s1 - s0
+        rel = np.clip(w * size[:, None], 1e-3, None)
+        span = max(4.0, float(np.nanmax(rel)), 1.0 / float(np.nanmin(rel)))
+        span = min(span, 100.0)
+        im = ax.imshow(rel.T, aspect="auto", cmap="RdBu_r", interpolation="nearest", norm=LogNorm(1 / span, span))
+        for x in b[1:-1]:
+            ax.axvline(x - 0.5, color="k", lw=0.5, alpha=0.6)
+        space = "note" if lv == "beat" else "beat node"
+        ax.set(xlabel=f"{space} position", ylabel="head",
+               title=f"{lv} attention × {lv} size (1 = uniform within the {lv}; lines: {lv} starts)")
+        ax.set_yticks(range(w.shape[1]))
+        ticks = [2.0 ** k for k in range(-7, 8) if 1 / span <= 2.0 ** k <= span]
+        cb = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, ticks=ticks)
+        cb.ax.set_yticklabels([f"{t:g}" for t in ticks])
+        cb.ax.minorticks_off()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention of one segment from a checkpoint
+# ---------------------------------------------------------------------------------------------------------
+def segment_attention(run: Run, data=None, segment: str | None = None) -> dict:
+    """Beat/measure attention of one test segment from the first fold checkpoint of ``run``.
+
+    Returns ``{"ok": True, "segment", "fold", "weights", "boundaries", "entropy"}`` or
+    ``{"ok": False, "reason": ...}`` (no checkpoint, no dataset, unknown segment, level without hierarchy).
+    """
+    import torch
+
+    from .config import PRESET_FEATURES, ModelConfig
+
+    if run.is_baseline:
+        return {"ok": False, "reason": f"{run.preset} is a non-neural baseline: it has no attention"}
+    fold = next((f for f in run.folds if f.checkpoint is not None), None)
+    if fold is None:
+        return {"ok": False, "reason": f"no checkpoint (*.pt) in the fold directories of {run.dir}"}
+    if data is None:
+        try:
+            from .data import load_dataset
+
+            data = load_dataset(None)
+        except (ValueError, FileNotFoundError) as exc:
+            return {"ok": False, "reason": f"no dataset ({exc})"}
+    cfg = diag.as_model_config(run.results.get("config", {}))
+    if cfg.level not in ("beat", "measure", "total_note_cat"):
+        return {"ok": False, "reason": f"level {cfg.level!r} has no beat/measure attention that reaches the output"}
+    ids = [str(s) for s in data.segment_ids]
+    if segment is None:
+        test = data.split_indices(run.split, fold.fold, "test") if run.split in ("composition", "performer") else []
+        if fold.predictions is not None and fold.predictions["segment_ids"] and fold.predictions["segment_ids"][0] in ids:
+            segment = fold.predictions["segment_ids"][0]
+        elif len(test):
+            segment = ids[int(test[0])]
+        else:
+            segment = ids[0]
+    if segment not in ids:
+        return {"ok": False, "reason": f"segment {segment!r} is not in the dataset {getattr(data, 'path', '')}"}
+    idx = ids.index(segment)
+    from .training import load_checkpoint, model_from_checkpoint
+
+    ck = load_checkpoint(fold.checkpoint)
+    cfg = ModelConfig.from_dict(ck["model_config"])
+    model = model_from_checkpoint(ck)
+    model.eval()
+    feature_set = PRESET_FEATURES.get(run.preset, "full")
+    batch = data.batch([idx], feature_set)
+    with torch.no_grad():
+        out = model(batch.x, batch.lengths, batch.note_locations, return_intermediates=True)
+    inter = out.intermediates
+    n = int(batch.lengths[0])
+    weights, bounds = {}, {}
+    segs = diag._node_segments(batch.note_locations, batch.lengths, cfg.boundary_rule)
+    if "beat_weights" in inter:
+        weights["beat"] = inter["beat_weights"][0, :n].numpy()
+        seg = segs["beat"][0][0, :n].numpy()
+        bounds["beat"] = [0] + (np.flatnonzero(np.diff(seg)) + 1).tolist() + [n]
+    if "measure_weights" in inter:
+        nb = int(segs["beat"][2][0])
+        weights["measure"] = inter["measure_weights"][0, :nb].numpy()
+        seg = segs["measure"][0][0, :nb].numpy()
+        bounds["measure"] = [0] + (np.flatnonzero(np.diff(seg)) + 1).tolist() + [nb]
+    ent = diag.entropy_from_intermediates(inter, batch.lengths, batch.note_locations,
+                                          boundary_rule=cfg.boundary_rule, pool_level=cfg.level)
+    part = "not in any"
+    if run.split in getattr(data, "splits", {}):
+        code = int(data.splits[run.split][idx, fold.fold])
+        part = {0: "train", 1: "valid", 2: "test"}.get(code, part)
+    return {"ok": True, "segment": segment, "fold": fold.fold, "part": part, "weights": weights, "boundaries": bounds,
+            "entropy": {k: v.summary() for k, v in ent.items()}, "checkpoint": fold.checkpoint}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report assembly
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    markdown: Path
+    html: Path
+    images: list[Path]
+    skipped: dict[str, str]  # section -> reason
+
+
+def _f(v, nd=3, signed=False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
+
+
+class _Doc:
+    """Collects the report once and renders it as Markdown and as HTML."""
+
+    def __init__(self):
+        self.blocks: list[tuple] = []
+
+    def h(self, level: int, text: str):
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str):
+        self.blocks.append(("p", text))
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]):
+        self.blocks.append(("table", list(header), [list(map(str, r)) for r in rows]))
+
+    def img(self, path: Path, alt: str):
+        self.blocks.append(("img", path.name, alt))
+
+    def markdown(self) -> str:
+        out = []
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append("#" * b[1] + " " + b[2])
+            elif b[0] == "p":
+                out.append(b[1])
+            elif b[0] == "table":
+                esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+                out.append("| " + " | ".join(map(esc, b[1])) + " |")
+                out.append("|" + "|".join("---" for _ in b[1]) + "|")
+                out += ["| " + " | ".join(map(esc, r)) + " |" for r in b[2]]
+            elif b[0] == "img":
+                out.append(f"![{b[2]}]({b[1]})")
+            out.append("")
+        return "\n".join(out)
+
+    def html(self, title: str) -> str:
+        e = html.escape
+        out = [
+            "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{e(title)}</title>",
+            "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
+            "th{background:#eee}img{max-width:100%;border:1px solid #ddd}code{background:#f4f4f4}</style>",
+            "</head><body>",
+        ]
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
+            elif b[0] == "p":
+                text = e(b[1])
+                text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+                text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+                out.append(f"<p>{text}</p>")
+            elif b[0] == "table":
+                out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in b[1]) + "</tr>")
+                out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b[2]]
+                out.append("</table>")
+            elif b[0] == "img":
+                out.append(f"<p><img src='{e(b[1])}' alt='{e(b[2])}'></p>")
+        out.append("</body></html>")
+        return "\n".join(out)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def build_report(
+    run_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    *,
+    segment: str | None = None,
+    data=None,
+    targets: Mapping | None = None,
+    find_baselines: bool = True,
+    collapse_ratio: float = diag.COLLAPSE_RATIO,
+) -> Report:
+    """Write ``report.md``, ``report.html`` and PNGs for ``run_dirs`` into ``out_dir`` (default: ``<first run>/report``).
+
+    ``data``: a loaded :class:`percepiano.data.PercePianoData` for the attention heatmaps (default: the
+    ``PERCEPIANO_DATA`` dataset, if set). ``targets``: published targets (default: the package's
+    regression_targets.json, if present). Baseline runs (``mean``/``ridge``) are taken from ``run_dirs`` and,
+    with ``find_baselines``, from sibling directories.
+    """
+    if not run_dirs:
+        raise ValueError("report: give at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    if find_baselines:
+        runs += find_baseline_runs(runs)
+    out = Path(out_dir) if out_dir is not None else runs[0].dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    skipped: dict[str, str] = {}
+    if targets is None:
+        try:
+            targets = diag.load_targets()
+        except FileNotFoundError as exc:
+            targets = None
+            skipped["targets"] = str(exc)
+    models = [r for r in runs if not r.is_baseline]
+    baselines = [r for r in runs if r.is_baseline]
+    images: list[Path] = []
+    doc = _Doc()
+    title = "PercePiano run report: " + ", ".join(r.name for r in runs)
+    doc.h(1, "PercePiano run report")
+    doc.p("Runs: " + ", ".join(f"`{r.name}`" for r in runs) + ".")
+    doc.p("The reported metric is the paper's: mean over folds of the test-split R² of each fold's checkpoint "
+          "with the lowest validation loss (reference_spec §6.2). Curves, bars and scatter plots below come from "
+          "the run directories as written by `percepiano cv`.")
+
+    # --- summary ---
+    doc.h(2, "Summary")
+    ridge = {r.split: r for r in baselines if r.preset == "ridge"}
+    rows, spreads = [], {}
+    for r in runs:
+        res = r.results
+        t = diag.target_for(targets, r.split, r.preset) if targets else None
+        rg = ridge.get(r.split)
+        recorded = (res.get("baselines") or {}).get("ridge")
+        if r.preset == "ridge":
+            vs_ridge = "(is ridge)"
+        elif rg is not None:
+            vs_ridge = "beats ridge" if res["mean_test_r2"] > rg.results["mean_test_r2"] else "**does not beat ridge**"
+        elif recorded is not None:
+            beats = res["mean_test_r2"] > recorded["mean_test_r2"]
+            vs_ridge = ("beats" if beats else "**does not beat**") + f" recorded ridge {recorded['mean_test_r2']:.3f}"
+        else:
+            vs_ridge = "n/a (no ridge run)"
+        tp = r.test_predictions()
+        if tp is not None:
+            spreads[r.name] = diag.prediction_spread(tp[0], tp[1], r.label_names, collapse_ratio)
+            n_coll = str(len(diag.collapsed_labels(spreads[r.name])))
+        else:
+            n_coll = "n/a (no predictions saved)"
+        rows.append([
+            r.preset, r.split, str(len(res["folds"])), "–" if res.get("epochs") is None else str(res["epochs"]),
+            str(res.get("protocol", "?")), _f(res["mean_test_r2"]),
+            _f(diag.fold_spread(res)), _f(t), _f(None if t is None else res["mean_test_r2"] - t, signed=True),
+            vs_ridge, n_coll,
+        ])
+    doc.table(["preset", "split", "folds", "epochs", "protocol", "mean test R²", "fold std", "published", "Δ vs published",
+               "vs ridge", "collapsed labels"], rows)
+    doc.p(f"A label is *collapsed* when std(prediction) / std(label) on the test split is below {collapse_ratio} "
+          "(percepiano.diagnostics.COLLAPSE_RATIO). Published targets are means only; runs with fewer than 4 folds "
+          "or 100 epochs are not comparable with them.")
+    if "targets" in skipped:
+        doc.p(f"Published targets unavailable: {skipped['targets']}.")
+
+    # --- per-fold table ---
+    doc.h(2, "Folds")
+    frows = []
+    for r in runs:
+        for i, f in enumerate(r.results["folds"]):
+            frows.append([r.name, str(f.get("fold", i)), "–" if f.get("best_epoch") is None else str(f["best_epoch"]), _f(f.get("valid_loss"), 5),
+                          _f(f.get("test_r2")), _f(f.get("test_mse"), 5)])
+    doc.table(["run", "fold", "best epoch", "valid loss", "test R²", "test MSE"], frows)
+
+    # --- curves ---
+    doc.h(2, "Training curves")
+    for r in models:
+        p = plot_curves(r, out / f"curves_{_slug(r.preset + '_' + r.split + '_' + r.dir.name)}.png")
+        if p is None:
+            doc.p(f"`{r.name}`: no log.jsonl in the fold directories, no curves.")
+        else:
+            images.append(p)
+            doc.img(p, f"training curves {r.name}")
+    if not models:
+        doc.p("Only baseline runs were given; baselines have no training curves.")
+
+    # --- per-label R² ---
+    doc.h(2, "Per-label test R²")
+    p = plot_per_label(runs, targets, out / "per_label_r2.png")
+    images.append(p)
+    doc.img(p, "per-label test R2")
+    names = runs[0].label_names
+    per = [diag.per_label_mean(r.results) for r in runs]
+    doc.table(["label"] + [r.name for r in runs], [[n] + [_f(pl.get(n)) for pl in per] for n in names])
+
+    # --- scatter / collapse ---
+    doc.h(2, "Predicted vs true (test split)")
+    for r in runs:
+        p = plot_scatter(r, out / f"scatter_{_slug(r.preset + '_' + r.split + '_' + r.dir.name)}.png", spreads.get(r.name))
+        if p is None:
+            doc.p(f"`{r.name}`: no per-segment test predictions (npz) in the fold directories.")
+            continue
+        images.append(p)
+        doc.img(p, f"predicted vs true {r.name}")
+        coll = diag.collapsed_labels(spreads[r.name])
+        doc.p(f"`{r.name}`: collapsed labels ({len(coll)}): " + (", ".join(coll) if coll else "none") + ".")
+
+    # --- hierarchy gain ---
+    han = {r.split: r for r in models if r.preset == "han"}
+    sa = {r.split: r for r in models if r.preset == "bilstm_sa"}
+    common = sorted(set(han) & set(sa))
+    if common:
+        doc.h(2, "Hierarchy gain (han − bilstm_sa, same split)")
+        grows = []
+        for s in common:
+            g = diag.hierarchy_gain(han[s].results, sa[s].results, targets=targets)
+            grows.append([s, _f(g.han_r2), _f(g.bilstm_sa_r2), _f(g.gain, signed=True), _f(g.paper_gain, signed=True)])
+        doc.table(["split", "han", "bilstm_sa", "gain", "published gain"], grows)
+
+    # --- attention ---
+    doc.h(2, "Attention of one segment")
+    shown = False
+    for r in models:
+        try:
+            att = segment_attention(r, data=data, segment=segment)
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:  # a checkpoint that does not fit its config
+            att = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"}
+        if not att["ok"]:
+            skipped[f"attention {r.name}"] = att["reason"]
+            doc.p(f"`{r.name}`: attention heatmaps skipped: {att['reason']}.")
+            continue
+        p = plot_attention(att["weights"], att["boundaries"],
+                           f"{r.name}, fold {att['fold']}, segment {att['segment']}",
+                           out / f"attention_{_slug(r.preset + '_' + r.split + '_' + r.dir.name)}.png")
+        images.append(p)
+        doc.p(f"`{r.name}`: fold {att['fold']} checkpoint, segment `{att['segment']}` ({att['part']} split of that fold).")
+        doc.img(p, f"attention {r.name}")
+        ent = att["entropy"]
+        doc.table(["level", "normalized entropy (mean over heads)", "segments counted", "size-1 excluded"],
+                  [[k, _f(v["mean"], 4), str(v["n_segments"]), str(v["n_singletons_excluded"])] for k, v in ent.items()])
+        shown = True
+    if not models:
+        doc.p("No neural run given: no attention to show.")
+    elif shown:
+        doc.p("Normalized entropy is H(p)/log(n) per span of n ≥ 2 positions: 1 = uniform, 0 = one position. "
+              "The original itself starts near 1 (≈ 0.998 for beats at init, reference_spec §4).")
+
+    # --- deviations ---
+    doc.h(2, "Deviations from the original")
+    drows = []
+    for r in models:
+        if not r.results.get("config"):
+            drows.append([r.name, "unknown", "no config in results.json", "", ""])
+            continue
+        devs = diag.run_deviations(r.results)
+        if not devs:
+            drows.append([r.name, "none", "the original model and protocol", "", ""])
+        for d in devs:
+            drows.append([r.name, d.scope, d.field, f"{d.value!r} (original {d.original!r})", d.note])
+    if drows:
+        doc.table(["run", "kind", "field", "value", "why it is not the original"], drows)
+    else:
+        doc.p("No neural run given.")
+    doc.p("Named deviations are the switches of percepiano.config.ORIGINAL_BEHAVIOUR; size/structure rows are "
+          "model fields that differ from the published preset; training-protocol rows differ from "
+          "percepiano.training.TrainConfig defaults (determinism and per-epoch test logging do not change the "
+          "protocol and are not listed).")
+
+    # --- provenance ---
+    doc.h(2, "Provenance")
+    prov = []
+    for r in runs:
+        res = r.results
+        prov.append([r.name, str(res.get("git_commit") or "?")[:12] + (" (dirty)" if res.get("git_dirty") else ""), str(res.get("device", "?")),
+                     _f(res.get("wall_seconds"), 1), str(res.get("seed", "?"))])
+    doc.table(["run", "git commit", "device", "wall time (s)", "seed"], prov)
+
+    md = out / "report.md"
+    md.write_text(doc.markdown(), encoding="utf-8")
+    ht = out / "report.html"
+    ht.write_text(doc.html(title), encoding="utf-8")
+    return Report(md, ht, images, skipped)
