@@ -12,7 +12,7 @@ from torch import nn
 from percepiano import training as T
 from percepiano.cli import main
 from percepiano.config import get_preset
-from percepiano.data import iterate_batches, load_dataset, synthetic_arrays, synthetic_dataset
+from percepiano.data import iterate_batches, synthetic_arrays, synthetic_dataset
 from percepiano.metrics import r2
 
 EXACT = dict(rtol=0, atol=0)
@@ -327,7 +327,6 @@ def test_load_checkpoint_rejects_foreign_files(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a percepiano training checkpoint"):
         T.load_checkpoint(tmp_path / "x.pt")
-    assert load_dataset  # imported for the data_file fixture's format
 
 
 def test_plain_progress_without_tqdm(monkeypatch, capsys):
