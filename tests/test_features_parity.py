@@ -186,3 +186,16 @@ def test_predict_refuses_another_piece(ref, checkpoint, capsys):
     code = main(["predict", str(perf), "--score", str(score), "--checkpoint", str(checkpoint)])
     err = capsys.readouterr().err
     assert code == 2 and "does not look like a performance of this score" in err and "Traceback" not in err
+
+
+@needs_data
+def test_e2e_check_runs(ref, checkpoint):
+    pytest.importorskip("parangonar", reason="the e2e check needs the `features` extra (parangonar)")
+    from percepiano.features.predict import load_model
+    segs = ["Schubert_D960_mv2_8bars_1_01", "Beethoven_WoO80_var25_8bars_1_14", "Schubert_D935_no.3_4bars_1_5",
+            "Beethoven_WoO80_thema_8bars_1_1"]
+    r = parity.e2e_parity(ref, RAW, load_model(checkpoint), limit=segs)
+    assert not r["errors"] and r["well"]["segments"] == 3 and r["poor"]["segments"] == 1
+    # var25 and D935 _1_5 re-extract identically, so their predictions agree; all are finite
+    assert np.isfinite(r["well"]["mean_abs_delta_sd"]) and r["well"]["mean_abs_delta_sd"] < 0.5
+    assert [w for w, _ in parity.e2e_verdict(r)]

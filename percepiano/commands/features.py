@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-CHECKS = ("score", "corresp", "aligner")
+CHECKS = ("score", "corresp", "aligner", "e2e")
 
 
 def register(subparsers) -> None:
@@ -46,10 +46,15 @@ def register(subparsers) -> None:
     q.add_argument("--alignments", default=None,
                    help="folder of *_infer_corresp.txt files (default: $PERCEPIANO_ALIGNMENTS)")
     q.add_argument("--check", default="score,corresp,aligner",
-                   help="comma-separated subset of score,corresp,aligner (default: all)")
+                   help="comma-separated subset of score,corresp,aligner,e2e (default: score,corresp,aligner)")
     q.add_argument("--segments", default=None, help="comma-separated segment ids (default: all)")
     q.add_argument("--all-files", action="store_true",
                    help="aligner check: also run on every performance file in raw/ and count failures")
+    q.add_argument("--checkpoint", type=Path, default=None,
+                   help="e2e check (spec 7.5): a `percepiano train` checkpoint; predictions from the stored vs our "
+                        "features on the test segments of --split/--fold")
+    q.add_argument("--split", default="composition", choices=("composition", "performer"), help="e2e split")
+    q.add_argument("--fold", type=int, default=0, help="e2e fold (default 0)")
     q.add_argument("--json", type=Path, default=None, help="write the full results to this JSON file")
     q.set_defaults(func=_parity)
 
@@ -209,6 +214,25 @@ def _parity(args: argparse.Namespace) -> int:
                 print(f"  FAIL: {what}")
         subset = " (the acceptance targets are set for the full 1117-segment set)" if limit else ""
         print(f"aligner -> {'PASS' if all(v for _, v in verdict) else 'FAIL'}{subset}")
+    if "e2e" in checks:
+        if args.checkpoint is None:
+            raise ValueError("--check e2e needs --checkpoint (a model from `percepiano train`)")
+        from ..features.predict import load_model
+        r = parity.e2e_parity(ref, raw, load_model(args.checkpoint), args.split, args.fold, limit=limit, log=log)
+        results["e2e"] = r
+        for group in ("well", "poor"):
+            if group in r:
+                g = r[group]
+                print(f"e2e {args.split} fold {args.fold}, {group}-matched test segments ({g['segments']}): mean "
+                      f"|delta pred| {g['mean_abs_delta_sd']:.3f} label-SD, min label pearson "
+                      f"{g['min_label_pearson']:.3f}, R2 stored {g['r2_stored_features']:.3f} / ours "
+                      f"{g['r2_our_features']:.3f}")
+        verdict = parity.e2e_verdict(r)
+        ok &= all(v for _, v in verdict)
+        for what, passed in verdict:
+            if not passed:
+                print(f"  FAIL: {what}")
+        print(f"e2e -> {'PASS' if all(v for _, v in verdict) else 'FAIL'}")
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0 if ok else 1

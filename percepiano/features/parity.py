@@ -33,6 +33,7 @@ class Reference:
     segments: list            # segment ids
     offsets: np.ndarray
     meta: dict = field(default_factory=dict)  # segment id -> segments.csv row
+    meta_path: Path | None = None            # the npz path (labels and splits are read from it on demand)
 
     def rows(self, seg: str) -> slice:
         i = self.index[seg]
@@ -55,7 +56,7 @@ def load_reference(npz_path: str | Path, segments_csv: str | Path | None = None)
         with open(segments_csv, newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 meta[row["segment_id"]] = row
-    return Reference(data, [str(s) for s in data["segment_ids"]], data["offsets"], meta)
+    return Reference(data, [str(s) for s in data["segment_ids"]], data["offsets"], meta, npz_path)
 
 
 def identical(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -348,3 +349,84 @@ def aligner_verdict(r: dict) -> list:
     if "all_files" in r:
         out.append(("no failure on any performance file", not r["all_files"]["failures"]))
     return out
+
+
+#: spec §7.5 acceptance on well-matched test segments
+E2E_MEAN_ABS_DELTA_SD = 0.06
+E2E_MIN_LABEL_PEARSON = 0.97
+E2E_MAX_R2_DROP = 0.02
+
+
+def e2e_parity(ref: Reference, raw: Path, model, scheme: str = "composition", fold: int = 0,
+               limit: list | None = None, log=print) -> dict:
+    """Spec §7.5: the model's predictions from the stored features vs from our re-extracted features.
+
+    Test segments of ``scheme``/``fold`` (or ``limit``); well-matched and poorly matched ones reported apart.
+    Deltas are in units of each label's standard deviation across all segments.
+    """
+    import torch
+    from .pipeline import extract, load_score
+    from .predict import FEATURE_COLUMNS
+    from ..metrics import r2
+    z = np.load(ref_path(ref), allow_pickle=False)
+    labels = z["labels"].astype(np.float64)
+    split = z[f"{scheme}_split"][:, int(fold)]
+    label_sd = labels.std(0)
+    segs = [s for i, s in enumerate(ref.segments) if (limit is not None and s in limit)
+            or (limit is None and split[i] == 2)]
+    cols = FEATURE_COLUMNS[model.config.input_size]
+
+    def run(x, locs):
+        with torch.no_grad():
+            xt = torch.from_numpy(np.ascontiguousarray(x[:, cols], dtype=np.float32)).unsqueeze(0)
+            lt = {k: torch.from_numpy(np.asarray(v, dtype=np.int64)).unsqueeze(0) for k, v in locs.items()}
+            return torch.sigmoid(model(xt, torch.tensor([x.shape[0]]), lt))[0].double().numpy()
+
+    cache: dict = {}
+    rows = {"well": [], "poor": []}
+    errors: dict = {}
+    for seg in segs:
+        r = ref.rows(seg)
+        x_ref = ref.npz["input"][r]
+        loc_ref = {k: ref.npz[f"note_{k}"][r] for k in ("beat", "measure", "section", "voice")}
+        xml = score_xml_for(ref, seg, raw)
+        try:
+            if xml not in cache:
+                cache[xml] = load_score(xml)
+            res = extract(cache[xml], perf_midi_for(ref, seg, raw))
+        except Exception as exc:  # noqa: BLE001
+            errors[seg] = repr(exc)
+            continue
+        p_ref, p_new = run(x_ref, loc_ref), run(res.x, res.locations)
+        rows["well" if well_matched(ref, seg) else "poor"].append((p_ref, p_new, labels[ref.index[seg]]))
+    out: dict = {"scheme": scheme, "fold": int(fold), "errors": errors}
+    for group, items in rows.items():
+        if not items:
+            continue
+        P0 = np.stack([a for a, _, _ in items])
+        P1 = np.stack([b for _, b, _ in items])
+        Y = np.stack([y for _, _, y in items])
+        delta = np.abs(P1 - P0) / label_sd
+        corr = [float(np.corrcoef(P0[:, j], P1[:, j])[0, 1]) if len(items) > 2 else float("nan")
+                for j in range(P0.shape[1])]
+        out[group] = {"segments": len(items), "mean_abs_delta_sd": float(delta.mean()),
+                      "min_label_pearson": float(np.nanmin(corr)) if len(items) > 2 else float("nan"),
+                      "label_pearson": corr,
+                      "r2_stored_features": float(r2(Y, P0)) if len(items) > 1 else float("nan"),
+                      "r2_our_features": float(r2(Y, P1)) if len(items) > 1 else float("nan")}
+    return out
+
+
+def e2e_verdict(r: dict) -> list:
+    w = r.get("well")
+    if not w:
+        return [("well-matched test segments present", False)]
+    return [(f"mean |delta prediction| <= {E2E_MEAN_ABS_DELTA_SD} label-SD",
+             w["mean_abs_delta_sd"] <= E2E_MEAN_ABS_DELTA_SD),
+            (f"every label's pearson(pred_stored, pred_ours) >= {E2E_MIN_LABEL_PEARSON}",
+             w["min_label_pearson"] >= E2E_MIN_LABEL_PEARSON),
+            (f"R2 drop <= {E2E_MAX_R2_DROP}", w["r2_stored_features"] - w["r2_our_features"] <= E2E_MAX_R2_DROP)]
+
+
+def ref_path(ref: Reference) -> Path:
+    return ref.meta_path
