@@ -273,6 +273,26 @@ class PercePianoModel(nn.Module):
                 hier.check_voices(locations["voice"], valid)
         return x, lengths, locations, full_length
 
+    @torch.no_grad()
+    def check_note_locations(self, lengths, note_locations) -> None:
+        """Every input check of :meth:`forward` without the forward pass: raises ``ValueError`` on what the
+        original mishandles. A training loop validates its data once with this, then sets
+        ``validate_inputs = False`` so that the hot path has no host synchronisation."""
+        lengths = torch.as_tensor(lengths)
+        width = int(next(iter(note_locations.values())).shape[1])
+        x = torch.zeros(lengths.shape[0], width, self.config.input_size, device=lengths.device)
+        saved, self.validate_inputs = self.validate_inputs, True
+        try:
+            _, lengths, locations, _ = self._prepare(x, lengths, note_locations)
+            if "measure" in locations:
+                valid = hier.valid_mask(lengths, locations["beat"].shape[1])
+                flags = hier.boundary_flags(locations["beat"], valid, self.config.boundary_rule)
+                beat_seg, _, num_beats = hier.segment_ids(flags, valid)
+                note_flags = hier.boundary_flags(locations["measure"], valid, self.config.boundary_rule)
+                self._check_measure_starts(note_flags, beat_seg, num_beats)
+        finally:
+            self.validate_inputs = saved
+
     def _check_measure_starts(self, note_flags, beat_seg, num_beats):
         """The original maps each measure to the beat of its first note; two measures starting in one beat
         node (or a measure starting inside the first beat) give it empty segments and misaligned weights."""

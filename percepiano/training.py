@@ -282,6 +282,27 @@ def build_model(model_cfg: ModelConfig, seed: int, device: torch.device | str = 
     return PercePianoModel(model_cfg).to(device)
 
 
+def validate_for_model(model: nn.Module, data: PercePianoData, indices, feature_set: str) -> None:
+    """Run the model's input checks once over every segment it will see, then switch them off in the hot
+    path (they cost host synchronisations on a GPU). Raises ``ValueError`` naming the segment."""
+    if not hasattr(model, "check_note_locations"):
+        return
+    for start in range(0, len(indices), 64):
+        chunk = [int(i) for i in indices[start : start + 64]]
+        batch = data.batch(chunk, feature_set)
+        try:
+            model.check_note_locations(batch.lengths, batch.note_locations)
+        except ValueError:
+            for i in chunk:  # find the segment: checks are per row
+                one = data.batch([i], feature_set)
+                try:
+                    model.check_note_locations(one.lengths, one.note_locations)
+                except ValueError as exc:
+                    raise ValueError(f"{data.path}: segment {one.segment_ids[0]} (index {i}): {exc}") from exc
+            raise
+    model.validate_inputs = False
+
+
 def model_from_checkpoint(ck: dict, device: torch.device | str = "cpu") -> nn.Module:
     from .model import PercePianoModel
 
@@ -391,6 +412,7 @@ def train_fold(
         log_path.unlink()
 
     idx = fold_indices(data, split, fold, tcfg)
+    validate_for_model(model, data, np.concatenate([idx[p] for p in ("train", "valid", "test")]), feature_set)
     n_train_batches = num_batches(len(idx["train"]), tcfg.batch_size)
     if tcfg.max_train_batches is not None:
         n_train_batches = min(n_train_batches, tcfg.max_train_batches)
@@ -624,12 +646,15 @@ def run_cv(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    parallel_folds: int = 1,
 ) -> dict:
     """All folds of ``split`` for a neural preset (``han``, ``bilstm``, ``bilstm_sa``) or a baseline (``mean``,
     ``ridge``); writes ``OUT/fold{k}/...`` and ``OUT/results.json`` and returns the results dict.
 
     With ``resume``, a fold whose ``fold_result.json`` exists is not re-run and an interrupted fold continues
-    from its ``last.pt``.
+    from its ``last.pt``. ``parallel_folds`` > 1 trains that many folds at once in worker processes on the
+    same device (one GPU is far from saturated by one batch-8 fold); each fold is seeded as in a sequential
+    run, so its result does not depend on this setting.
     """
     from . import baselines
 
@@ -649,13 +674,21 @@ def run_cv(
     else:
         model_cfg = get_preset(preset, **(model_overrides or {}))
         feature_set = PRESET_FEATURES[preset]
+    pending = []
     for fold in folds:
-        fdir = out / f"fold{fold}"
-        done = fdir / FOLD_RESULT
+        done = out / f"fold{fold}" / FOLD_RESULT
         if resume and done.exists():
             fold_results.append(json.loads(done.read_text()))
             log(f"fold {fold}: already finished, test_r2 {fold_results[-1]['test_r2']:.4f}")
-            continue
+        else:
+            pending.append(fold)
+    if parallel_folds > 1 and not is_baseline and len(pending) > 1:
+        fold_results += _train_folds_in_parallel(
+            model_cfg, tcfg, data, split, pending, out, feature_set, dev, resume, parallel_folds, preset, log
+        )
+        pending = []
+    for fold in pending:
+        fdir = out / f"fold{fold}"
         if is_baseline:
             res = run_baseline_fold(preset, data, split, fold, fdir, tcfg)
         else:
@@ -665,6 +698,7 @@ def run_cv(
             )
         log(f"fold {fold}: best epoch {res['best_epoch']}, test_r2 {res['test_r2']:.4f}")
         fold_results.append(res)
+    fold_results.sort(key=lambda r: r["fold"])
     for res in fold_results:
         res["dir"] = f"fold{res['fold']}"  # relative to results.json
     # Every results table shows the honest baselines beside a neural model: same split, same folds.
@@ -705,6 +739,42 @@ def run_cv(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write_text(json.dumps(results, indent=1) + "\n", out / RESULTS)
+    return results
+
+
+def _fold_worker(job: dict) -> dict:
+    """One fold in a worker process (top level so that ``spawn`` can import it)."""
+    from .data import load_dataset
+
+    torch.set_num_threads(job["threads"])
+    data = load_dataset(job["data_path"])
+    return train_fold(
+        ModelConfig.from_dict(job["model_cfg"]), TrainConfig.from_dict(job["tcfg"]), data, job["split"], job["fold"],
+        job["out"], feature_set=job["feature_set"], device=job["device"], resume=job["resume"], progress=False,
+        run_info={"preset": job["preset"]},
+    )
+
+
+def _train_folds_in_parallel(model_cfg, tcfg, data, split, folds, out, feature_set, device, resume, workers, preset, log):
+    import concurrent.futures
+    import multiprocessing
+
+    if not Path(data.path).is_file():
+        raise ValueError("parallel folds reload the dataset in each worker: load it from a file (--data)")
+    workers = min(int(workers), len(folds))
+    threads = max(1, torch.get_num_threads() // workers) if device.type == "cpu" else 1
+    jobs = [
+        {"model_cfg": model_cfg.to_dict(), "tcfg": tcfg.to_dict(), "data_path": data.path, "split": split, "fold": f,
+         "out": str(out / f"fold{f}"), "feature_set": feature_set, "device": str(device), "resume": resume,
+         "threads": threads, "preset": preset}
+        for f in folds
+    ]
+    log(f"training folds {folds} in {workers} worker processes on {device}")
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a forked child
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        results = list(pool.map(_fold_worker, jobs))
+    for res in results:
+        log(f"fold {res['fold']}: best epoch {res['best_epoch']}, test_r2 {res['test_r2']:.4f}")
     return results
 
 

@@ -343,3 +343,43 @@ def test_plain_progress_without_tqdm(monkeypatch, capsys):
     for _ in range(20):
         quiet.update()
     assert capsys.readouterr().err == ""
+
+
+def test_parallel_folds_give_the_sequential_results(data_file, tmp_path):
+    """`cv --parallel-folds 2` trains folds in worker processes; each fold is seeded as in a sequential run."""
+    small = ["--data", str(data_file), "--epochs", "1", "--hidden-size", "8", "--device", "cpu", "--no-progress",
+             "--preset", "bilstm", "--split", "performer", "--folds", "1,3"]
+    assert main(["cv", "--out", str(tmp_path / "seq"), *small]) == 0
+    assert main(["cv", "--out", str(tmp_path / "par"), "--parallel-folds", "2", *small]) == 0
+    seq = json.loads((tmp_path / "seq" / "results.json").read_text())
+    par = json.loads((tmp_path / "par" / "results.json").read_text())
+    assert [f["fold"] for f in par["folds"]] == [1, 3]
+    for a, b in zip(seq["folds"], par["folds"]):
+        # worker processes may use another thread count: float32 reductions differ in the last bits only
+        assert b["valid_loss"] == pytest.approx(a["valid_loss"], rel=1e-5)
+        assert b["test_r2"] == pytest.approx(a["test_r2"], abs=1e-4)
+
+
+def test_model_checks_run_once_before_training_and_name_the_segment():
+    from percepiano import PercePianoModel
+    from percepiano.data import PercePianoData
+
+    arrays = synthetic_arrays(40, seed=0)
+    model = PercePianoModel(get_preset("han", hidden_size=8))
+    T.validate_for_model(model, PercePianoData(arrays), np.arange(40), "full")
+    assert model.validate_inputs is False  # validated once: no host syncs in the training steps
+
+    # two measures starting inside one beat (still contiguous, so the loader accepts it); the original maps
+    # both to the same beat node and gives one of them an empty range of beats
+    for seg in range(40):
+        s, e = int(arrays["offsets"][seg]), int(arrays["offsets"][seg + 1])
+        values, counts = np.unique(arrays["note_beat"][s:e], return_counts=True)
+        if (counts >= 3).any():
+            break
+    first = int(np.nonzero(arrays["note_beat"][s:e] == values[np.nonzero(counts >= 3)[0][0]])[0][0])
+    arrays["note_measure"][s + first + 1 : e] += 1
+    arrays["note_measure"][s + first + 2 : e] += 1
+    data = PercePianoData(arrays)
+    model = PercePianoModel(get_preset("han", hidden_size=8))
+    with pytest.raises(ValueError, match=rf"segment {data.segment_ids[seg]} \(index {seg}\): .*measure starts inside beat node"):
+        T.validate_for_model(model, data, np.arange(40), "full")

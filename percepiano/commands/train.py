@@ -59,6 +59,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("cv", help="all 4 folds of a split -> OUT/results.json (neural presets or baselines)")
     _add_run_options(p, neural + list(BASELINES))
     p.add_argument("--folds", default="0,1,2,3", help="comma-separated folds (default all 4)")
+    p.add_argument("--parallel-folds", type=int, default=1, metavar="K",
+                   help="train K folds at once in worker processes on the same device (results unchanged)")
     p.set_defaults(func=cmd_cv)
 
     p = subparsers.add_parser("evaluate", help="evaluate a checkpoint (best.pt / last.pt) on a split")
@@ -132,6 +134,7 @@ def cmd_cv(args) -> int:
     res = run_cv(
         args.preset, args.split, data, args.out, tcfg=_train_config(args), model_overrides=_overrides(args),
         folds=folds, device=args.device, resume=args.resume, progress=not args.no_progress, log=_log,
+        parallel_folds=args.parallel_folds,
     )
     print(format_results_table([res]))
     print(f"\nwrote {Path(args.out) / 'results.json'}")
