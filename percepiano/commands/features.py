@@ -129,8 +129,6 @@ def _print_table(pred) -> None:
     d = pred.as_dict()["alignment"]
     print(f"\nalignment: {d['matched_score_notes']} of {d['score_notes']} score notes matched "
           f"({d['match_rate']:.1%}); {d['performance_notes']} performed notes")
-    for w in pred.warnings:
-        print(f"warning: {w}")
 
 
 def _print_features(result, notes: list, fmt: str) -> int:
@@ -149,8 +147,6 @@ def _print_features(result, notes: list, fmt: str) -> int:
     print(f"{'feature':<28} {'mean':>10} {'min':>10} {'max':>10}")
     for n, s in summary.items():
         print(f"{n:<28} {s['mean']:10.4g} {s['min']:10.4g} {s['max']:10.4g}")
-    for w in notes:
-        print(f"warning: {w}")
     return 0
 
 
