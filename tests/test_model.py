@@ -1,4 +1,5 @@
 """PercePianoModel: structure, gradients, padding behaviour, weight conversion, deviations."""
+import argparse
 import math
 
 import pytest
@@ -302,3 +303,20 @@ def test_unpacked_bilstm_equals_packed(layers, dropout):
     (g_ours,) = torch.autograd.grad((ours * torch.linspace(-1, 1, 6)).sum(), x)
     (g_ref,) = torch.autograd.grad((ref * torch.linspace(-1, 1, 6)).sum(), x)
     torch.testing.assert_close(g_ours, g_ref, **F64)
+
+
+def test_original_checkpoint_file_loads_without_pickle(tmp_path):
+    from percepiano.convert import load_original_checkpoint
+
+    model = PercePianoModel(tiny("measure"))
+    path = tmp_path / "checkpoint_best.pt"
+    # the original saves {'epoch', 'state_dict', 'optimizer', 'best_valid_loss', ...} (utils.save_checkpoint)
+    torch.save({"epoch": 12, "state_dict": model.original_state_dict(), "best_valid_loss": 0.01}, path)
+    other = PercePianoModel(tiny("measure"))
+    other.load_original_state_dict(load_original_checkpoint(path))
+    torch.testing.assert_close(other.embed.weight, model.embed.weight, rtol=0, atol=0)
+
+    # an arbitrary pickled object (the original's argparse Namespace, say) must be refused, not executed
+    torch.save({"state_dict": model.original_state_dict(), "args": argparse.Namespace(lr=1.0)}, tmp_path / "unsafe.pt")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_original_checkpoint(tmp_path / "unsafe.pt")
