@@ -200,6 +200,35 @@ def entropy_from_intermediates(
     return out
 
 
+def sample_attention(
+    intermediates: Mapping[str, torch.Tensor],
+    lengths: torch.Tensor,
+    note_locations: Mapping[str, torch.Tensor],
+    index: int = 0,
+    boundary_rule: str = "diff_eq_1",
+) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    """One sample's beat and measure attention with the spans they are normalized over.
+
+    Returns ``weights`` ({"beat": (n_notes, h), "measure": (n_beats, h)}, levels the model computed) and
+    ``boundaries`` ({"beat": [0, ..., n_notes] in note positions, "measure": [0, ..., n_beats] in beat-node
+    positions}), the original's boundary-list format.
+    """
+    lengths = torch.as_tensor(lengths).long().cpu()
+    locs = {k: torch.as_tensor(v).cpu() for k, v in note_locations.items()}
+    segs = _node_segments(locs, lengths, boundary_rule)
+    weights: dict[str, np.ndarray] = {}
+    bounds: dict[str, list[int]] = {}
+    spans = {"beat": int(lengths[index]), "measure": int(segs["beat"][2][index])}
+    for level, key in (("beat", "beat_weights"), ("measure", "measure_weights")):
+        if key not in intermediates or level not in segs:
+            continue
+        n = spans[level]
+        weights[level] = intermediates[key][index, :n].detach().cpu().double().numpy()
+        seg = segs[level][0][index, :n].numpy()
+        bounds[level] = [0] + (np.flatnonzero(np.diff(seg)) + 1).tolist() + [n]
+    return weights, bounds
+
+
 def _pooled_lengths(pool_level, lengths, locs, rule, intermediates, width, segs):
     """Number of real positions of the pooled sequence per sample."""
     if pool_level in NOTE_POOLED_LEVELS:
@@ -293,6 +322,30 @@ def prediction_spread(
         ps, ls = float(pred[:, j].std()), float(lab[:, j].std())
         ratio = ps / ls if ls > 0 else float("nan")
         rows.append(SpreadRow(name, ps, ls, ratio, bool(ls > 0 and ratio < threshold)))
+    return rows
+
+
+def prediction_spread_by_fold(
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    label_names: Sequence[str] | None = None,
+    threshold: float = COLLAPSE_RATIO,
+) -> list[SpreadRow]:
+    """:func:`prediction_spread` of each fold's (predictions, labels), averaged over folds per label.
+
+    Use this for cross-validation output: stacking the folds first would count the fold-to-fold differences of
+    the models as spread (a model predicting one constant per fold would look alive). A label is collapsed when
+    its mean ratio is below ``threshold``.
+    """
+    per = [prediction_spread(p, y, label_names, threshold) for p, y in folds]
+    if not per:
+        raise ValueError("prediction_spread_by_fold: no folds")
+    rows = []
+    for j, first in enumerate(per[0]):
+        ps = float(np.mean([f[j].pred_std for f in per]))
+        ls = float(np.mean([f[j].label_std for f in per]))
+        ratios = [f[j].ratio for f in per if not math.isnan(f[j].ratio)]
+        ratio = float(np.mean(ratios)) if ratios else float("nan")
+        rows.append(SpreadRow(first.label, ps, ls, ratio, bool(ratios and ratio < threshold)))
     return rows
 
 

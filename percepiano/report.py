@@ -7,7 +7,8 @@ attention heatmaps of one segment at beat and measure level (needs a checkpoint 
 section says why it is skipped), and the deviations from the original each run's config carries.
 
 matplotlib is an optional extra (``pip install 'percepiano[report]'``), imported only when plotting, with the
-Agg backend (no display needed).
+Agg backend (no display needed) unless the caller already chose one (a notebook's inline backend). The
+``*_figure`` functions return matplotlib figures (for notebooks); ``plot_*`` save them as PNG.
 """
 from __future__ import annotations
 
@@ -33,14 +34,19 @@ ID_KEYS = ("segment_ids", "ids", "segments")
 
 
 def _plt():
-    """pyplot with the Agg backend, or a clear error naming the extra to install."""
+    """pyplot (Agg backend unless one was chosen), or a clear error naming the extra to install."""
     try:
         import matplotlib
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError(
             "percepiano report needs matplotlib: pip install 'percepiano[report]' (or pip install matplotlib)"
         ) from exc
-    matplotlib.use("Agg", force=True)
+    import sys
+
+    # Agg (files only, no display), unless the caller chose a backend already: a notebook's inline backend
+    # (MPLBACKEND is set by ipykernel) or a pyplot imported before us.
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -194,8 +200,8 @@ def short_label(name: str, width: int = 22) -> str:
     return "\n".join(textwrap.wrap(name.replace("_", " "), width)[:3])
 
 
-def plot_curves(run: Run, path: Path) -> Path | None:
-    """Train/valid loss and valid/test R² per epoch, one colour per fold; the best epoch is marked."""
+def curves_figure(run: Run):
+    """Train/valid loss and valid/test R² per epoch, one colour per fold; the best epoch is marked (None: no logs)."""
     folds = [f for f in run.folds if f.log]
     if not folds:
         return None
@@ -232,9 +238,7 @@ def plot_curves(run: Run, path: Path) -> Path | None:
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(run.name)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # Per-label bars are drawn from this R² up; lower values (a tiny run's collapsed model easily reaches -3) are
@@ -242,7 +246,7 @@ def plot_curves(run: Run, path: Path) -> Path | None:
 R2_AXIS_MIN = -0.5
 
 
-def plot_per_label(runs: Sequence[Run], targets: Mapping | None, path: Path) -> Path:
+def per_label_figure(runs: Sequence[Run], targets: Mapping | None = None):
     """Horizontal grouped bars of mean-over-folds test R² per label, one bar per run (baselines hatched);
     dotted vertical lines: each run's mean test R²; dashed: the published mean target of its preset/split."""
     plt = _plt()
@@ -284,13 +288,12 @@ def plot_per_label(runs: Sequence[Run], targets: Mapping | None, path: Path) -> 
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6 / (fig_h - 1.0)), ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_scatter(run: Run, path: Path, spread: Sequence[diag.SpreadRow] | None = None) -> Path | None:
-    """Predicted vs true on the test split, one panel per label, colour = fold, with the y = x line."""
+def scatter_figure(run: Run, spread: Sequence[diag.SpreadRow] | None = None):
+    """Predicted vs true on the test split, one panel per label, colour = fold, with the y = x line (None: no
+    saved predictions)."""
     data = run.test_predictions()
     if data is None:
         return None
@@ -329,13 +332,11 @@ def plot_scatter(run: Run, path: Path, spread: Sequence[diag.SpreadRow] | None =
     axes[0][0].legend(handles=handles, fontsize=6)
     fig.supxlabel("true label")
     fig.supylabel("prediction (label scale; neural runs: after the sigmoid)")
-    fig.suptitle(f"{run.name}: test predictions vs labels (spread = std(pred)/std(label))")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    fig.suptitle(f"{run.name}: test predictions vs labels (spread = std(pred)/std(label), mean over folds)")
+    return fig
 
 
-def plot_attention(weights: Mapping[str, np.ndarray], boundaries: Mapping[str, Sequence[int]], title: str, path: Path) -> Path:
+def attention_figure(weights: Mapping[str, np.ndarray], boundaries: Mapping[str, Sequence[int]], title: str = ""):
     """Heatmaps of one segment's beat weights (heads x notes) and measure weights (heads x beat nodes).
 
     Each weight is shown times the size of its span (beat or measure), so 1 means "uniform within the span",
@@ -369,9 +370,32 @@ def plot_attention(weights: Mapping[str, np.ndarray], boundaries: Mapping[str, S
         cb.ax.minorticks_off()
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def _save(fig, path: Path, dpi: int, **kw) -> Path | None:
+    if fig is None:
+        return None
+    plt = _plt()
+    fig.savefig(path, dpi=dpi, **kw)
     plt.close(fig)
     return path
+
+
+def plot_curves(run: Run, path: Path) -> Path | None:
+    return _save(curves_figure(run), path, 110)
+
+
+def plot_per_label(runs: Sequence[Run], targets: Mapping | None, path: Path) -> Path:
+    return _save(per_label_figure(runs, targets), path, 110, bbox_inches="tight")
+
+
+def plot_scatter(run: Run, path: Path, spread: Sequence[diag.SpreadRow] | None = None) -> Path | None:
+    return _save(scatter_figure(run, spread), path, 90)
+
+
+def plot_attention(weights, boundaries, title: str, path: Path) -> Path:
+    return _save(attention_figure(weights, boundaries, title), path, 110)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -425,18 +449,7 @@ def segment_attention(run: Run, data=None, segment: str | None = None) -> dict:
     with torch.no_grad():
         out = model(batch.x, batch.lengths, batch.note_locations, return_intermediates=True)
     inter = out.intermediates
-    n = int(batch.lengths[0])
-    weights, bounds = {}, {}
-    segs = diag._node_segments(batch.note_locations, batch.lengths, cfg.boundary_rule)
-    if "beat_weights" in inter:
-        weights["beat"] = inter["beat_weights"][0, :n].numpy()
-        seg = segs["beat"][0][0, :n].numpy()
-        bounds["beat"] = [0] + (np.flatnonzero(np.diff(seg)) + 1).tolist() + [n]
-    if "measure_weights" in inter:
-        nb = int(segs["beat"][2][0])
-        weights["measure"] = inter["measure_weights"][0, :nb].numpy()
-        seg = segs["measure"][0][0, :nb].numpy()
-        bounds["measure"] = [0] + (np.flatnonzero(np.diff(seg)) + 1).tolist() + [nb]
+    weights, bounds = diag.sample_attention(inter, batch.lengths, batch.note_locations, 0, cfg.boundary_rule)
     ent = diag.entropy_from_intermediates(inter, batch.lengths, batch.note_locations,
                                           boundary_rule=cfg.boundary_rule, pool_level=cfg.level)
     part = "not in any"
@@ -590,9 +603,9 @@ def build_report(
             vs_ridge = ("beats" if beats else "**does not beat**") + f" recorded ridge {recorded['mean_test_r2']:.3f}"
         else:
             vs_ridge = "n/a (no ridge run)"
-        tp = r.test_predictions()
-        if tp is not None:
-            spreads[r.name] = diag.prediction_spread(tp[0], tp[1], r.label_names, collapse_ratio)
+        parts = [(f.predictions["predictions"], f.predictions["labels"]) for f in r.folds if f.predictions is not None]
+        if parts:
+            spreads[r.name] = diag.prediction_spread_by_fold(parts, r.label_names, collapse_ratio)
             n_coll = str(len(diag.collapsed_labels(spreads[r.name])))
         else:
             n_coll = "n/a (no predictions saved)"
@@ -604,8 +617,8 @@ def build_report(
         ])
     doc.table(["preset", "split", "folds", "epochs", "protocol", "mean test R²", "fold std", "published", "Δ vs published",
                "vs ridge", "collapsed labels"], rows)
-    doc.p(f"A label is *collapsed* when std(prediction) / std(label) on the test split is below {collapse_ratio} "
-          "(percepiano.diagnostics.COLLAPSE_RATIO). Published targets are means only; runs with fewer than 4 folds "
+    doc.p(f"A label is *collapsed* when std(prediction) / std(label) on the test split, averaged over folds, is below "
+          f"{collapse_ratio} (percepiano.diagnostics.COLLAPSE_RATIO). Published targets are means only; runs with fewer than 4 folds "
           "or 100 epochs are not comparable with them.")
     if "targets" in skipped:
         doc.p(f"Published targets unavailable: {skipped['targets']}.")

@@ -98,6 +98,20 @@ def test_model_entropy_matches_a_per_segment_loop():
     assert got["pool"].n_segments == 2 and got["pool"].summary()["max_weight_on_padding"] < FLOAT32
 
 
+def test_sample_attention_returns_the_spans_of_the_original():
+    x, lengths, locs = _batch()
+    with torch.no_grad():
+        out = _tiny()(x, lengths, locs, return_intermediates=True)
+    weights, bounds = diag.sample_attention(out.intermediates, lengths, locs, index=1)
+    assert bounds["beat"] == hier.boundaries_as_lists(locs["beat"], lengths)[1] == [0, 1, 3, 6]
+    assert bounds["measure"] == [0, 2, 3]  # beat nodes {0, 1} and {2}
+    assert weights["beat"].shape == (6, 8) and weights["measure"].shape == (3, 8)
+    for level in ("beat", "measure"):
+        b = bounds[level]
+        sums = np.stack([weights[level][s:e].sum(axis=0) for s, e in zip(b[:-1], b[1:])])
+        np.testing.assert_allclose(sums, 1.0, atol=FLOAT32)
+
+
 def test_entropy_at_init_is_near_uniform_and_temperature_sharpens_it():
     x, lengths, locs = _batch()
     plain = diag.attention_entropy(_tiny(), [(x, lengths, locs)])
@@ -132,6 +146,18 @@ def test_collapse_detector():
     assert diag.collapsed_labels(rows) == ["b", "c"]
     # threshold is a parameter; ratio exactly equal to the threshold is not collapsed
     assert diag.collapsed_labels(diag.prediction_spread(preds, labels, threshold=0.1)) == ["2"]
+
+
+def test_collapse_detector_per_fold_ignores_fold_to_fold_differences():
+    labels = np.array([[0.2], [0.5], [0.8]])
+    # a "model" predicting one constant per fold: stacked, the folds would look spread out; per fold it is collapsed
+    folds = [(np.full((3, 1), 0.3), labels), (np.full((3, 1), 0.7), labels)]
+    stacked = diag.prediction_spread(np.concatenate([f[0] for f in folds]), np.concatenate([f[1] for f in folds]))
+    assert not stacked[0].collapsed
+    per_fold = diag.prediction_spread_by_fold(folds)
+    assert per_fold[0].ratio == pytest.approx(0.0, abs=EXACT) and per_fold[0].collapsed
+    alive = diag.prediction_spread_by_fold([(labels * 0.5, labels), (labels, labels)])
+    assert alive[0].ratio == pytest.approx(0.75, abs=EXACT) and not alive[0].collapsed
 
 
 def test_collapse_detector_constant_labels_and_bad_shapes():
