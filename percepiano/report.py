@@ -525,18 +525,23 @@ class _Doc:
             if b[0] == "h":
                 out.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
             elif b[0] == "p":
-                text = e(b[1])
-                text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-                text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-                out.append(f"<p>{text}</p>")
+                out.append(f"<p>{_inline_html(b[1])}</p>")
             elif b[0] == "table":
                 out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in b[1]) + "</tr>")
-                out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b[2]]
+                out += ["<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in b[2]]
                 out.append("</table>")
             elif b[0] == "img":
                 out.append(f"<p><img src='{e(b[1])}' alt='{e(b[2])}'></p>")
         out.append("</body></html>")
         return "\n".join(out)
+
+
+def _inline_html(text: str) -> str:
+    """Escape, then render the Markdown the report uses inline: `code`, **bold**, *emphasis*."""
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"(?<![*\w])\*([^*]+)\*(?![*\w])", r"<i>\1</i>", text)
 
 
 def _slug(text: str) -> str:

@@ -57,6 +57,7 @@ def test_report_from_the_committed_tiny_run(tmp_path):
     sa = json.loads((TINY / "bilstm_sa" / "results.json").read_text())["mean_test_r2"]
     assert f"| composition | {han:.3f} | {sa:.3f} | {han - sa:+.3f} | +0.093 |" in md
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert "<td><b>does not beat ridge</b></td>" in html and "**" not in html
 
 
 @pytest.fixture(scope="module")
