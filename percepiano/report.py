@@ -340,7 +340,8 @@ def attention_figure(weights: Mapping[str, np.ndarray], boundaries: Mapping[str,
     """Heatmaps of one segment's beat weights (heads x notes) and measure weights (heads x beat nodes).
 
     Each weight is shown times the size of its span (beat or measure), so 1 means "uniform within the span",
-    values > 1 mark what a head focuses on and < 1 what it ignores (log colour scale, centred on 1).
+    values > 1 mark what a head focuses on and < 1 what it ignores (log colour scale, centred on 1, from
+    1/m to m where m is the largest value shown, at least 2).
     Spans of one position are always exactly 1. Vertical lines mark where a new span starts.
     """
     plt = _plt()
@@ -354,20 +355,27 @@ def attention_figure(weights: Mapping[str, np.ndarray], boundaries: Mapping[str,
         size = np.zeros(len(w))
         for s0, s1 in zip(b[:-1], b[1:]):
             size[s0:s1] = s1 - s0
-        rel = np.clip(w * size[:, None], 1e-3, None)
-        span = max(4.0, float(np.nanmax(rel)), 1.0 / float(np.nanmin(rel)))
-        span = min(span, 100.0)
+        rel = w * size[:, None]
+        # the scale is set by the most focused weight (at most the span size); weights far below uniform are
+        # clipped to the darkest blue rather than stretching the scale so far that the red side fades
+        span = float(min(64.0, max(2.0, np.nanmax(rel))))
+        rel = np.clip(rel, 1.0 / span, span)
         im = ax.imshow(rel.T, aspect="auto", cmap="RdBu_r", interpolation="nearest", norm=LogNorm(1 / span, span))
         for x in b[1:-1]:
-            ax.axvline(x - 0.5, color="k", lw=0.5, alpha=0.6)
+            ax.axvline(x - 0.5, color="0.35", lw=0.8)
         space = "note" if lv == "beat" else "beat node"
         ax.set(xlabel=f"{space} position", ylabel="head",
                title=f"{lv} attention × {lv} size (1 = uniform within the {lv}; lines: {lv} starts)")
         ax.set_yticks(range(w.shape[1]))
-        ticks = [2.0 ** k for k in range(-7, 8) if 1 / span <= 2.0 ** k <= span]
-        cb = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, ticks=ticks)
-        cb.ax.set_yticklabels([f"{t:g}" for t in ticks])
+        top = int(np.floor(np.log2(span)))
+        step = max(1, int(np.ceil(top / 3)))  # at most 7 ticks
+        exps = [k for k in range(-top, top + 1) if k % step == 0]
+        cb = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, ticks=[2.0 ** k for k in exps])
+        cb.ax.set_yticklabels([f"{2 ** k}" if k >= 0 else f"1/{2 ** -k}" for k in exps])
         cb.ax.minorticks_off()
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub) -> None:
@@ -54,8 +55,12 @@ def _report(args: argparse.Namespace) -> int:
         from ..data import load_dataset
 
         data = load_dataset(args.data)
-    rep = build_report(args.run_dirs, args.out, segment=args.segment, data=data,
-                       find_baselines=not args.no_find_baselines)
+    try:
+        rep = build_report(args.run_dirs, args.out, segment=args.segment, data=data,
+                           find_baselines=not args.no_find_baselines)
+    except ImportError as exc:  # matplotlib is an optional extra
+        print(f"percepiano report: error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {rep.markdown}")
     print(f"wrote {rep.html}")
     for img in rep.images:
