@@ -313,3 +313,10 @@ def test_fixes_change_what_they_name(write, tmp_path):
 
     vel, matched, locs = [60, 80, 100, 50], [1, 1, 1, 1], [1, 1, 2, 2]
     assert longer_level_dynamics(vel, matched, locs, fix=True) == [75, 75, 87.5, 87.5]  # (mean+max)/2 per bar
+
+
+def test_divisions_change_is_rejected(write):
+    body = note("C", dur=2) + "</measure>" + '<measure number="2"><attributes><divisions>4</divisions></attributes>' \
+        + note("D", dur=12) + "</measure>"
+    with pytest.raises(UnsupportedScoreError, match="divisions"):
+        read_musicxml(write(xml(body)))

@@ -266,10 +266,19 @@ def flatten_words(absolute: str | None, relative) -> str:
     return words
 
 
+_KEYS: dict = {}
+
+
+def _keys(table) -> list:
+    if id(table) not in _KEYS:
+        _KEYS[id(table)] = (table, [k for k, _, _ in table])  # keep the table alive with its key list
+    return _KEYS[id(table)][1]
+
+
 def embed(text: str | None, table, size: int) -> list:
     """The original's keyword embedding (dynamic_embedding): whole phrase, else tokens + long substrings."""
     vec = [0] * size
-    keys = [k for k, _, _ in table]
+    keys = _keys(table)
     word = normalize_words(text)
     if word is None:
         return vec

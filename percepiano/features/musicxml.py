@@ -377,9 +377,14 @@ def read_musicxml(path: str | Path, fixes=frozenset()) -> Score:
             if tag == "attributes":
                 for a in child:
                     if a.tag == "divisions":
-                        st.divisions = _int(a.text, "divisions")
-                        if st.divisions <= 0:
+                        divisions = _int(a.text, "divisions")
+                        if divisions <= 0:
                             raise UnsupportedScoreError(f"{path}: divisions must be positive")
+                        if divisions != st.divisions and any(m.notes for m in measures + [measure]):
+                            # positions would mix units (the original does not rescale them either)
+                            raise UnsupportedScoreError(f"{path}: <divisions> changes inside the part "
+                                                        f"({st.divisions} -> {divisions}); re-export the score")
+                        st.divisions = divisions
                     elif a.tag == "time" and measure.time_signature is None:
                         measure.time_signature = _parse_time(a, st)
                         time_sigs.append(measure.time_signature)
