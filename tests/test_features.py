@@ -320,3 +320,11 @@ def test_divisions_change_is_rejected(write):
         + note("D", dur=12) + "</measure>"
     with pytest.raises(UnsupportedScoreError, match="divisions"):
         read_musicxml(write(xml(body)))
+
+
+def test_articulation_loss_weight_rules():
+    from percepiano.features.dataset import articulation_loss_weight
+    feats = {"pedal_at_end": [80, 62, 10, 80, 80], "pedal_refresh": [80, 62, 10, 10, 0]}
+    kind = np.array([0, 0, 0, 1, 2])
+    # matched: pedal > 70 -> 0.05, > 60 -> 0.5, else 1; a refresh inside a pedalled note -> 1, unmatched too
+    np.testing.assert_array_equal(articulation_loss_weight(feats, kind), np.float32([0.05, 0.5, 1.0, 1.0, 0.0]))

@@ -199,3 +199,20 @@ def test_e2e_check_runs(ref, checkpoint):
     # var25 and D935 _1_5 re-extract identically, so their predictions agree; all are finite
     assert np.isfinite(r["well"]["mean_abs_delta_sd"]) and r["well"]["mean_abs_delta_sd"] < 0.5
     assert [w for w, _ in parity.e2e_verdict(r)]
+
+
+@needs_data
+@needs_alignments
+@pytest.mark.slow
+def test_reextract_with_original_pairs_reproduces_the_npz(ref, tmp_path):
+    from percepiano.data import load_dataset
+    from percepiano.features.dataset import reextract
+    out = tmp_path / "re.npz"
+    info = reextract(DATA, RAW, out, alignments=ALIGN, log=lambda m: None)
+    assert info["failed_segments_kept_as_stored"] == []
+    with np.load(DATA) as a, np.load(out) as b:
+        for key in ("note_beat", "note_measure", "note_section", "note_voice", "note_kind", "align_matched",
+                    "articulation_loss_weight", "offsets", "labels", "composition_split"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        assert parity.identical(b["input"].astype(np.float64), a["input"].astype(np.float64)).all()
+    assert len(load_dataset(out)) == 1192
