@@ -27,7 +27,6 @@ class AlignerUnavailableError(RuntimeError):
 
 def _matcher():
     try:
-        import parangonar as pa  # noqa: F401
         from parangonar.match.matchers import DualDTWNoteMatcher
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise AlignerUnavailableError(

@@ -24,7 +24,6 @@ from .assemble import norm_stats, to_matrix
 #: relative tolerance of "identical" (float32 storage of float64 values)
 REL_TOL = 1e-4
 SCORE_COLUMNS = [c for c in range(77) if c != 3] + list(range(96, 101))
-PERF_SCORE_ROW_COLUMNS = list(range(77, 96)) + [3]
 
 
 @dataclass

@@ -11,7 +11,6 @@ group index only updates on a close); unmatched score notes carry the previous v
 """
 from __future__ import annotations
 
-import copy
 import csv
 import math
 from dataclasses import dataclass
@@ -284,7 +283,3 @@ def performance_features(xml_notes: list, locations: dict, grids: dict, perf_not
     f["beat_dynamics"] = longer_level_dynamics(f["velocity"], f["align_matched"], locations["beat"], fix)
     f["measure_dynamics"] = longer_level_dynamics(f["velocity"], f["align_matched"], locations["measure"], fix)
     return f
-
-
-def copy_notes(notes: list) -> list:
-    return [copy.copy(n) for n in notes]
