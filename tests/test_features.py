@@ -328,3 +328,18 @@ def test_articulation_loss_weight_rules():
     kind = np.array([0, 0, 0, 1, 2])
     # matched: pedal > 70 -> 0.05, > 60 -> 0.5, else 1; a refresh inside a pedalled note -> 1, unmatched too
     np.testing.assert_array_equal(articulation_loss_weight(feats, kind), np.float32([0.05, 0.5, 1.0, 1.0, 0.0]))
+
+
+def test_predict_rejects_a_bad_checkpoint(capsys, write, tmp_path):
+    import torch
+    score = write(xml(note() + "</measure>"))
+    midi = tmp_path / "p.mid"
+    midi.write_bytes(smf([[(0, b"\x90\x3c\x50"), (480, b"\x80\x3c\x00")]]))
+    bad = tmp_path / "bad.pt"
+    torch.save({"model_state": {}, "model_config": {"no_such_field": 1}}, bad)
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    for ck in (bad, junk):
+        code, out, err = _run(capsys, ["predict", str(midi), "--score", str(score), "--checkpoint", str(ck)])
+        assert code == 2 and ck.name in err and "error" in err, err
+        assert "Traceback" not in err and out == ""

@@ -80,7 +80,10 @@ def load_model(path: str | Path):
     state = ck.get("model_state", ck.get("state_dict", ck.get("model")))
     if not isinstance(cfg, dict) or not isinstance(state, dict):
         raise CheckpointError(f"{path}: no model config / model state in it (is it a `percepiano train` checkpoint?)")
-    model = PercePianoModel(ModelConfig.from_dict(cfg))
+    try:
+        model = PercePianoModel(ModelConfig.from_dict(cfg))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its model config is not usable: {exc}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
