@@ -320,3 +320,15 @@ def test_original_checkpoint_file_loads_without_pickle(tmp_path):
     torch.save({"state_dict": model.original_state_dict(), "args": argparse.Namespace(lr=1.0)}, tmp_path / "unsafe.pt")
     with pytest.raises(ValueError, match="weights_only=True"):
         load_original_checkpoint(tmp_path / "unsafe.pt")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: run on a GPU machine (marker gpu)")
+@pytest.mark.parametrize("level", LEVELS)
+def test_cuda_equals_cpu_in_float64(level):
+    x, lengths, loc = make_batch(dtype=torch.float64)
+    model = PercePianoModel(tiny(level)).double().eval()
+    ref = model(x, lengths, loc, return_intermediates=True)
+    out = model.cuda()(x.cuda(), lengths.cuda(), {k: v.cuda() for k, v in loc.items()}, return_intermediates=True)
+    for key, value in ref.intermediates.items():
+        torch.testing.assert_close(out.intermediates[key].cpu(), value, **F64)
