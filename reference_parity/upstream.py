@@ -275,6 +275,16 @@ class Upstream:
                     importlib.import_module(n)
         except UpstreamError:
             raise
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] not in _own_names(self.code_dir):
+                raise UpstreamError(
+                    f"the original code needs the package {exc.name!r}, which is not installed: "
+                    f"pip install 'percepiano[upstream]' (PyYAML, tqdm, scipy, scikit-learn)"
+                ) from exc
+            raise UpstreamError(
+                f"importing the original modules {list(names)} from {str(self.code_dir)!r} failed: "
+                f"{type(exc).__name__}: {exc}. Is this the original PercePiano checkout ({CLONE_HINT})?"
+            ) from exc
         except Exception as exc:  # noqa: BLE001
             raise UpstreamError(
                 f"importing the original modules {list(names)} from {str(self.code_dir)!r} failed: "
