@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from percepiano import PRESETS, ModelConfig, PercePianoModel
 from percepiano.convert import RENAME_POOLING, rename_table
@@ -332,3 +334,18 @@ def test_cuda_equals_cpu_in_float64(level):
     out = model.cuda()(x.cuda(), lengths.cuda(), {k: v.cuda() for k, v in loc.items()}, return_intermediates=True)
     for key, value in ref.intermediates.items():
         torch.testing.assert_close(out.intermediates[key].cpu(), value, **F64)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 400), min_size=1, max_size=40), st.integers(1, 5), st.integers(0, 8))
+def test_length_groups_partition_rows_by_length(lengths, max_groups, step_cost):
+    from percepiano.model import length_groups
+
+    groups = length_groups(lengths, max_groups, step_cost)
+    assert 1 <= len(groups) <= max_groups
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    # groups hold contiguous length ranges, longest first, so each group runs only to its own longest row
+    for earlier, later in zip(groups, groups[1:]):
+        assert min(lengths[i] for i in earlier) >= max(lengths[i] for i in later)
+    cost = lambda gs: sum((len(g) + step_cost) * max(lengths[i] for i in g) for g in gs)  # noqa: E731
+    assert cost(groups) <= cost([list(range(len(lengths)))])
