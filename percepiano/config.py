@@ -28,8 +28,23 @@ DEVIATION_NOTES = {
 }
 
 
+class DictConfig:
+    """Plain-dict round trip for the frozen config dataclasses (results files, checkpoints)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_dict: unknown fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(DictConfig):
     input_size: int = 101  # per-note features: 101 = score + performance (HAN, +SA); 9 = performance-only baseline
     hidden_size: int | None = None  # if set, overrides note/voice/beat/measure sizes at once
     note_size: int = 256  # note LSTM hidden size per direction; also the embedder output (yml note.size)
@@ -91,17 +106,6 @@ class ModelConfig:
         if "hidden_size" not in changes and self.hidden_size is not None:
             changes["hidden_size"] = None  # keep the explicit per-level sizes already resolved
         return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig.from_dict: unknown fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 def describe_deviations(cfg: ModelConfig) -> list[str]:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import PRESET_FEATURES, ModelConfig, get_preset
+from .config import PRESET_FEATURES, DictConfig, ModelConfig, get_preset
 from .data import N_FOLDS, PercePianoData, feature_size, iterate_batches, num_batches
 from .metrics import evaluate_predictions, r2
 
@@ -46,7 +46,7 @@ PREDICTIONS, FOLD_RESULT, RESULTS = "test_predictions.npz", "fold_result.json", 
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Training protocol; defaults are the published runs (reference_spec §1.2, §5)."""
 
     lr: float = 2.5e-5  # script flag --lr
@@ -78,17 +78,6 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig.from_dict: unknown fields {unknown}")
-        return cls(**d)
 
     def is_original(self) -> bool:
         """True when the protocol is the published one (determinism and per-epoch test logging aside)."""

@@ -23,7 +23,7 @@ from reference_parity import batches as B
 from reference_parity import compare as C
 from reference_parity import upstream as U
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_thread")]
 
 needs_upstream = pytest.mark.skipif(
     not U.available(),
@@ -32,12 +32,6 @@ needs_upstream = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------------------------------ loader errors (no original)

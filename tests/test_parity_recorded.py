@@ -20,16 +20,9 @@ from percepiano import hierarchy as H
 from percepiano.config import describe_deviations
 from reference_parity import compare as C
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the tensors are tiny: with threads the shared CPU spends its time in synchronisation, not compute
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tol(dtype_name: str, kind: str = "act") -> dict:

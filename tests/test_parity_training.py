@@ -15,17 +15,11 @@ from torch.testing import assert_close
 from percepiano import training
 from reference_parity import compare as C
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_thread")]
 
 DTYPES = ["float64", "float32"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tol(dname, kind):

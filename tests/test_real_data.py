@@ -14,22 +14,15 @@ from percepiano.config import PRESET_FEATURES, get_preset
 from percepiano.data import load_dataset
 
 REAL = os.environ.get("PERCEPIANO_DATA")
-pytestmark = pytest.mark.skipif(
-    not REAL, reason="set PERCEPIANO_DATA to percepiano_vnet_m2pf.npz for the real-data runs"
-)
+pytestmark = [
+    pytest.mark.skipif(not REAL, reason="set PERCEPIANO_DATA to percepiano_vnet_m2pf.npz for the real-data runs"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 HIDDEN = 8  # the full han has 12.9M parameters; this keeps two epochs to about a second
 # A raised learning rate (the original's is 2.5e-5) so that two epochs visibly lower the training loss.
 SMALL = T.TrainConfig(epochs=2, lr=3e-3, limit_segments=24)
 SPLIT, FOLD = "performer", 1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
