@@ -31,7 +31,7 @@ def _ours(preset: str, batch, device: str):
     model = PercePianoModel(PRESETS[preset]).to(device)
     model.validate_inputs = False  # the loader validated the data; no host syncs in the step
     tcfg = TrainConfig()
-    optimizer, = (build_optimizer(model, tcfg),)
+    optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg)
 
     def forward():

@@ -348,7 +348,8 @@ class PercePianoModel(nn.Module):
         node (or a measure starting inside the first beat) give it empty segments and misaligned weights."""
         starts = torch.zeros(beat_seg.shape[0], num_beats + 1, dtype=torch.long, device=beat_seg.device)
         starts = starts.scatter_add(1, beat_seg, note_flags.long())[:, :num_beats]  # (B, Tb)
-        bad = (starts > 1) | (starts[:, :1] > 0).expand_as(starts) & (torch.arange(num_beats, device=starts.device) == 0)
+        bad = starts > 1  # two measures start in one beat node
+        bad[:, 0] |= starts[:, 0] > 0  # a measure starts inside the first beat
         if bool(bad.any()):
             row, node = (int(v) for v in torch.nonzero(bad)[0])
             raise ValueError(

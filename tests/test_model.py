@@ -224,6 +224,7 @@ def test_rename_table_covers_every_parameter():
         (lambda x, l, loc: loc["beat"].__setitem__((2, slice(0, 5)), 0), "row 2: all indices are 0"),
         (lambda x, l, loc: loc["beat"].__setitem__((0, slice(10, 12)), 6), "row 0: index jumps by 2"),
         (lambda x, l, loc: loc["measure"].__setitem__((1, 10), 3), "row 1: padding"),
+        (lambda x, l, loc: loc["measure"][0, 1:12].add_(1), "row 0: a measure starts inside beat node 0"),
         (lambda x, l, loc: loc["voice"].__setitem__((0, 0), -1), "voice.*row 0"),
         (lambda x, l, loc: loc.pop("measure"), "missing 'measure'"),
         (lambda x, l, loc: l.__setitem__(0, 13), "lengths"),
