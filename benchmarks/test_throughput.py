@@ -15,7 +15,9 @@ from conftest import devices  # noqa: E402
 
 from percepiano import PRESETS, PercePianoModel  # noqa: E402
 from percepiano.config import PRESET_FEATURES  # noqa: E402
-from percepiano.training import TrainConfig, build_optimizer, build_scheduler, loss_fn, train_step  # noqa: E402
+from percepiano.training import (  # noqa: E402
+    TrainConfig, build_optimizer, build_scheduler, loss_fn, to_device, train_step,
+)
 
 MODES = ["forward", "forward_backward", "train_step"]
 ROUNDS = int(os.environ.get("PERCEPIANO_BENCH_ROUNDS", "3"))
@@ -27,24 +29,27 @@ def _peak_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
-def _ours(preset: str, batch, device: str):
+def _ours(preset: str, cpu_batch, device: str):
     model = PercePianoModel(PRESETS[preset]).to(device)
     model.validate_inputs = False  # the loader validated the data; no host syncs in the step
+    # as in training: the batch's sizes are worked out on the host (a loader's job, like the original's
+    # collate), so nothing in the step reads back from the device
+    batch, shapes = to_device(model, cpu_batch, torch.device(device))
     tcfg = TrainConfig()
     optimizer = build_optimizer(model, tcfg)
     scheduler = build_scheduler(optimizer, tcfg)
 
     def forward():
         with torch.no_grad():
-            return model.eval()(batch.x, batch.lengths, batch.note_locations)
+            return model.eval()(batch.x, batch.lengths, batch.note_locations, shapes=shapes)
 
     def forward_backward():
         model.train()
-        loss_fn(model(batch.x, batch.lengths, batch.note_locations), batch.labels).backward()
+        loss_fn(model(batch.x, batch.lengths, batch.note_locations, shapes=shapes), batch.labels).backward()
 
     def step():
         model.train()
-        return train_step(model, batch, optimizer, scheduler, tcfg)
+        return train_step(model, batch, optimizer, scheduler, tcfg, shapes)
 
     return {"forward": forward, "forward_backward": forward_backward, "train_step": step}
 
@@ -99,8 +104,7 @@ IMPLS = ["ours"] + (["original"] if os.environ.get("PERCEPIANO_UPSTREAM") else [
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("preset", ["han", "bilstm"])
 def test_throughput(benchmark, results, preset, mode, device, impl):
-    batch, source = benchmark_batch(PRESET_FEATURES[preset])
-    batch = batch.to(device)
+    batch, source = benchmark_batch(PRESET_FEATURES[preset])  # on the CPU
     torch.manual_seed(0)
     fn = (_ours if impl == "ours" else _original)(preset, batch, device)[mode]
     if device == "cuda":

@@ -58,6 +58,16 @@ class Batch:
             labels=mv(self.labels),
         )
 
+    def pin_memory(self) -> "Batch":
+        """A copy in page-locked host memory, so that a CUDA copy with ``non_blocking=True`` is asynchronous."""
+        return dataclasses.replace(
+            self,
+            x=self.x.pin_memory(),
+            lengths=self.lengths.pin_memory(),
+            note_locations={k: v.pin_memory() for k, v in self.note_locations.items()},
+            labels=self.labels.pin_memory(),
+        )
+
     def __len__(self) -> int:
         return int(self.x.shape[0])
 

@@ -15,6 +15,8 @@ Boundary rules (a named deviation, see :mod:`percepiano.config`):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 BOUNDARY_RULES = ("diff_eq_1", "diff_gt_0")
@@ -40,16 +42,20 @@ def boundary_flags(indices: torch.Tensor, valid: torch.Tensor, rule: str = "diff
     return torch.cat([first, starts], dim=1)  # (B, N): position 0 never flagged
 
 
-def segment_ids(flags: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def segment_ids(
+    flags: torch.Tensor, valid: torch.Tensor, num_nodes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Segment id of every position from boundary flags.
 
     Returns ``seg`` (B, N) int64 with padded positions set to ``num_nodes`` (the dustbin id), ``counts``
     (B,) nodes per sample, and ``num_nodes`` = max over the batch (the padded node axis of the original's
-    ``pad_sequence``).
+    ``pad_sequence``). Pass ``num_nodes`` when it is known on the host (:class:`BatchShapes`): reading the
+    maximum back from the device is a host synchronisation.
     """
     seg = torch.cumsum(flags.long(), dim=1)  # (B, N)
     counts = torch.where(valid, seg + 1, torch.zeros_like(seg)).amax(dim=1)  # (B,)
-    num_nodes = int(counts.max()) if counts.numel() else 0
+    if num_nodes is None:
+        num_nodes = int(counts.max()) if counts.numel() else 0
     seg = torch.where(valid, seg, torch.full_like(seg, num_nodes))
     return seg, counts, num_nodes
 
@@ -202,3 +208,58 @@ def check_voices(voice: torch.Tensor, valid: torch.Tensor) -> None:
             f"note_locations['voice'] row {row} position {col}: voice numbers must be >= 0 on real notes "
             f"and 0 on padding, got {int(voice[row, col])}"
         )
+
+
+def voice_shapes(voice: torch.Tensor, valid: torch.Tensor) -> tuple[int, int, int]:
+    """(number of voices, non-empty (sample, voice) sequences, notes in the longest) of a voice batch.
+
+    Voice numbers are 1-based; 0 marks a note without a voice. These are the sizes ``run_voice_net`` of the
+    original gets from its per-sample loop; here they size one batched voice LSTM call.
+    """
+    num_voices = int(torch.where(valid, voice, torch.zeros_like(voice)).max()) if voice.numel() else 0
+    if num_voices < 1:
+        return 0, 0, 0
+    in_voice = (voice[:, :, None] == torch.arange(1, num_voices + 1, device=voice.device)) & valid[:, :, None]  # (B, N, V)
+    counts = in_voice.sum(dim=1)  # (B, V)
+    return num_voices, int((counts > 0).sum()), int(counts.max())
+
+
+@dataclass(frozen=True)
+class BatchShapes:
+    """The data-dependent sizes of one forward pass, as host integers.
+
+    The forward needs them to allocate its node and voice axes. Read back from a GPU they would cost a
+    host synchronisation each, so a training loop works them out with :func:`batch_shapes` on the CPU copy
+    of the batch and passes them in; a wrong value is caught when the model validates its inputs.
+    """
+
+    notes: int  # longest segment: the note axis is cut to it
+    voices: int = 0  # highest voice number (0: no voice level, or no note has a voice)
+    voice_sequences: int = 0  # non-empty (sample, voice) sequences, run as one LSTM batch
+    voice_length: int = 0  # notes in the longest of them
+    beats: int = 0  # beat nodes of the sample with the most (0: no beat level)
+    measures: int = 0  # measure nodes of the sample with the most (0: no measure level)
+
+
+def batch_shapes(lengths: torch.Tensor, note_locations: dict, rule: str = "diff_eq_1") -> BatchShapes:
+    """:class:`BatchShapes` of a batch, computed exactly as the forward computes them.
+
+    ``note_locations`` holds the (B, N) index tensors of the levels wanted (``voice``, ``beat``,
+    ``measure``; measures need beats, because measure nodes are made of beat nodes). Call it on CPU tensors.
+    """
+    lengths = torch.as_tensor(lengths).long()
+    notes = int(lengths.max()) if lengths.numel() else 0
+    valid = valid_mask(lengths, notes)  # (B, notes)
+    loc = {k: torch.as_tensor(v)[:, :notes].long() for k, v in note_locations.items()}
+    sizes = {"notes": notes}
+    if "voice" in loc:
+        sizes["voices"], sizes["voice_sequences"], sizes["voice_length"] = voice_shapes(loc["voice"], valid)
+    if "beat" in loc:
+        beat_seg, beats_per_sample, sizes["beats"] = segment_ids(boundary_flags(loc["beat"], valid, rule), valid)
+        if "measure" in loc:
+            note_flags = boundary_flags(loc["measure"], valid, rule)
+            beat_flags = higher_level_flags(beat_seg, note_flags, sizes["beats"])  # (B, Tb)
+            sizes["measures"] = segment_ids(beat_flags, valid_mask(beats_per_sample, sizes["beats"]))[2]
+    elif "measure" in loc:
+        raise ValueError("batch_shapes: measure nodes are made of beat nodes; note_locations needs 'beat' too")
+    return BatchShapes(**sizes)

@@ -32,6 +32,9 @@ from .config import ModelConfig
 from .layers import ContextAttention
 
 LOCATION_KEYS = ("beat", "measure", "section", "voice")
+# the note locations each level reads
+LEVEL_LOCATIONS = {"note": (), "voice": ("voice",), "beat": ("voice", "beat"), "measure": ("voice", "beat", "measure")}
+LEVEL_LOCATIONS["total_note_cat"] = LEVEL_LOCATIONS["measure"]
 CONTRACTED_LEVELS = ("note", "voice", "total_note_cat")
 
 
@@ -134,30 +137,46 @@ def run_lstm_packed(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> to
     return hidden
 
 
-def run_voice_lstm(lstm: nn.LSTM, x: torch.Tensor, voice: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def run_voice_lstm(
+    lstm: nn.LSTM,
+    x: torch.Tensor,
+    voice: torch.Tensor,
+    valid: torch.Tensor,
+    shape: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
     """Mirror of ``HanEncoder.run_voice_net``: each (sample, voice) is its own sequence, in note order.
 
-    All (sample, voice) sequences run as one packed batch. Voice-0 notes (performance notes inserted without
-    a score note) and padding get an all-zero output. Returns (B, N, 2 * hidden).
+    All non-empty (sample, voice) sequences run as one LSTM batch. Voice-0 notes (performance notes
+    inserted without a score note) and padding get an all-zero output. ``shape`` is
+    :func:`hierarchy.voice_shapes` when the caller knows it on the host; otherwise it is read from the
+    device. Notes move in and out by index lookups (no ``nonzero``), so with ``shape`` given nothing here
+    waits for the device. Returns (B, N, 2 * hidden).
     """
     batch, length, width = x.shape
-    num_voices = int(voice.max()) if voice.numel() else 0
-    out = x.new_zeros(batch, length, 2 * lstm.hidden_size)  # (B, N, 2Hv)
+    num_voices, num_sequences, longest = hier.voice_shapes(voice, valid) if shape is None else shape
     if num_voices < 1:
-        return out
+        return x.new_zeros(batch, length, 2 * lstm.hidden_size)  # (B, N, 2Hv)
     in_voice = (voice[:, :, None] == torch.arange(1, num_voices + 1, device=voice.device)) & valid[:, :, None]  # (B, N, V)
-    position = torch.cumsum(in_voice.long(), dim=1) - 1  # (B, N, V): rank of the note within its voice
     counts = in_voice.sum(dim=1).flatten()  # (B*V,) notes per (sample, voice)
     sequence_of = torch.cumsum(counts > 0, dim=0) - 1  # (B*V,) row among the non-empty sequences
-    b_idx, n_idx, v_idx = torch.nonzero(in_voice, as_tuple=True)  # one entry per note with a voice
-    seq = sequence_of[b_idx * num_voices + v_idx]  # (M,) which non-empty (sample, voice) sequence
-    pos = position[b_idx, n_idx, v_idx]  # (M,) position inside it
-    nonempty = counts[counts > 0]  # (K,)
-    sequences = x.new_zeros(nonempty.shape[0], int(nonempty.max()), width)  # (K, L, H)
-    sequences[seq, pos] = x[b_idx, n_idx]
-    hidden = run_lstm(lstm, sequences, nonempty)  # (K, L, 2Hv)
-    out[b_idx, n_idx] = hidden[seq, pos]
-    return out
+    voice_index = (voice - 1).clamp(0, num_voices - 1)  # (B, N) 0-based; clamped rows are masked below
+    seq = sequence_of.view(batch, num_voices).gather(1, voice_index)  # (B, N) the note's sequence
+    pos = (torch.cumsum(in_voice.long(), dim=1) - 1).gather(2, voice_index[:, :, None])[:, :, 0]  # (B, N) rank in it
+    has_voice = valid & (voice > 0)  # (B, N)
+    dustbin = num_sequences * longest
+    slot = torch.where(has_voice, seq * longest + pos, torch.full_like(seq, dustbin)).flatten()  # (B*N,)
+    # source[s]: 1 + the flat note index that fills sequence slot s, 0 for padding (slots are unique per
+    # note; the accumulated dustbin entry is dropped)
+    notes = torch.arange(1, batch * length + 1, device=x.device)  # (B*N,)
+    source = torch.zeros(dustbin + 1, dtype=torch.long, device=x.device).index_put_((slot,), notes, accumulate=True)
+    padded_x = torch.cat([x.new_zeros(1, width), x.reshape(batch * length, width)])  # (1 + B*N, H)
+    sequences = padded_x[source[:dustbin]].view(num_sequences, longest, width)  # (K, L, H)
+    target = torch.where(counts > 0, sequence_of, torch.full_like(sequence_of, num_sequences))  # (B*V,)
+    seq_lengths = torch.zeros(num_sequences + 1, dtype=torch.long, device=x.device)
+    seq_lengths = seq_lengths.index_put_((target,), counts, accumulate=True)[:num_sequences]  # (K,)
+    hidden = run_lstm(lstm, sequences, seq_lengths)  # (K, L, 2Hv)
+    hidden = torch.cat([hidden.reshape(dustbin, -1), hidden.new_zeros(1, hidden.shape[-1])])  # (K*L + 1, 2Hv)
+    return hidden[slot].view(batch, length, -1)  # (B, N, 2Hv)
 
 
 class PercePianoModel(nn.Module):
@@ -207,9 +226,14 @@ class PercePianoModel(nn.Module):
         apply_init(self, cfg.init)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, lengths, note_locations, return_intermediates: bool = False):
+    def forward(self, x, lengths, note_locations, return_intermediates: bool = False, shapes: hier.BatchShapes | None = None):
+        """Logits (B, num_labels) of a zero-padded batch, or a :class:`ModelOutput` with every intermediate.
+
+        ``shapes`` (:func:`hierarchy.batch_shapes` of the CPU batch) gives the data-dependent sizes so that
+        the pass never reads from the device; without it they are read back (a sync on a GPU).
+        """
         cfg = self.config
-        x, lengths, locations, full_length = self._prepare(x, lengths, note_locations)
+        x, lengths, locations, full_length, shapes = self._prepare(x, lengths, note_locations, shapes)
         valid = hier.valid_mask(lengths, x.shape[1])  # (B, N)
         inter: dict[str, torch.Tensor] = {}
 
@@ -220,17 +244,18 @@ class PercePianoModel(nn.Module):
         if cfg.level == "note":
             pool_input = self.pool_contractor(note)  # (B, N, 2H); padded rows = bias, unmasked as in the original
         else:
-            voice = run_voice_lstm(self.voice_lstm, embedded, locations["voice"], valid)  # (B, N, 2H)
+            voice_shape = (shapes.voices, shapes.voice_sequences, shapes.voice_length)
+            voice = run_voice_lstm(self.voice_lstm, embedded, locations["voice"], valid, voice_shape)  # (B, N, 2H)
             note_voice = torch.cat([note, voice], dim=-1)  # (B, N, 4H), note first as in the original
             inter["voice"] = voice
             if cfg.level == "voice":
                 pool_input = self.pool_contractor(note_voice)  # (B, N, 2H)
             else:
-                beat, beat_seg, beats_per_sample = self._beat_level(note_voice, locations, valid, inter)
+                beat, beat_seg, beats_per_sample = self._beat_level(note_voice, locations, valid, shapes.beats, inter)
                 if cfg.level == "beat":
                     pool_input = beat
                 else:
-                    measure = self._measure_level(beat, beat_seg, beats_per_sample, locations, valid, inter)
+                    measure = self._measure_level(beat, beat_seg, beats_per_sample, locations, valid, shapes.measures, inter)
                     if cfg.level == "measure":
                         pool_input = measure
                     else:  # total_note_cat
@@ -245,10 +270,10 @@ class PercePianoModel(nn.Module):
         note_axis = ["embedded", "note", "voice", "beat_weights"] + (["pool_weights"] if cfg.level in CONTRACTED_LEVELS else [])
         return ModelOutput(logits=logits, intermediates=self._pad_notes(inter, note_axis, full_length))
 
-    def _beat_level(self, note_voice, locations, valid, inter):
+    def _beat_level(self, note_voice, locations, valid, num_beats, inter):
         """Notes -> beat nodes -> beat BiLSTM (``make_higher_node`` + ``run_hierarchy_lstm_with_pack``)."""
         flags = hier.boundary_flags(locations["beat"], valid, self.config.boundary_rule)
-        beat_seg, num_per_sample, num_beats = hier.segment_ids(flags, valid)
+        beat_seg, num_per_sample, _ = hier.segment_ids(flags, valid, num_beats)
         scores = self.beat_attention.similarity(note_voice)  # (B, N, h)
         weights = hier.segment_softmax(scores, beat_seg, num_beats, self.config.attention_temperature)
         nodes = hier.pool_segments(note_voice, weights, beat_seg, num_beats)  # (B, Tb, 4H)
@@ -256,7 +281,7 @@ class PercePianoModel(nn.Module):
         inter.update(beat_weights=weights, beat_nodes=nodes, beat=beat)
         return beat, beat_seg, num_per_sample
 
-    def _measure_level(self, beat, beat_seg, beats_per_sample, locations, valid, inter):
+    def _measure_level(self, beat, beat_seg, beats_per_sample, locations, valid, num_measures, inter):
         """Beat nodes -> measure nodes -> measure BiLSTM; measure boundaries live in beat-node space."""
         num_beats = beat.shape[1]
         note_flags = hier.boundary_flags(locations["measure"], valid, self.config.boundary_rule)
@@ -264,7 +289,7 @@ class PercePianoModel(nn.Module):
         beat_valid = hier.valid_mask(beats_per_sample, num_beats)  # (B, Tb)
         if self.validate_inputs:
             self._check_measure_starts(note_flags, beat_seg, num_beats)
-        meas_seg, num_per_sample, num_measures = hier.segment_ids(beat_flags, beat_valid)
+        meas_seg, num_per_sample, _ = hier.segment_ids(beat_flags, beat_valid, num_measures)
         scores = self.measure_attention.similarity(beat)  # (B, Tb, h)
         weights = hier.segment_softmax(scores, meas_seg, num_measures, self.config.attention_temperature)
         nodes = hier.pool_segments(beat, weights, meas_seg, num_measures)  # (B, Tm, 2H)
@@ -276,13 +301,13 @@ class PercePianoModel(nn.Module):
         """[note, voice, beat spanned, measure spanned] per note (``span_beat_to_note_num``, its length quirk too).
 
         The original spans node ``index - first index`` to each note; for the contiguous indices that
-        validation guarantees under ``diff_eq_1`` that is the note's segment id at that level.
+        validation guarantees under ``diff_eq_1`` that is the note's segment id at that level, and the
+        notes count as many measures as the beat nodes do (measures start where beats start).
         """
         length = beat_seg.shape[1]
+        num_measures = measure.shape[1]
         meas_flags = hier.boundary_flags(locations["measure"], valid, self.config.boundary_rule)
-        meas_seg, _, num_measures = hier.segment_ids(meas_flags, valid)  # note-level measure ids
-        if num_measures != measure.shape[1]:
-            raise ValueError("note_locations['measure']: measures and beats disagree on the number of measures")
+        meas_seg, _, _ = hier.segment_ids(meas_flags, valid, num_measures)  # note-level measure ids
         beat_keep = hier.valid_mask(hier.lengths_from_padded_indices(locations["beat"]), length)  # (B, N)
         meas_keep = hier.valid_mask(hier.lengths_from_padded_indices(locations["measure"]), length)  # (B, N)
         beat_spanned = hier.span_to_notes(beat, beat_seg, beat.shape[1], beat_keep)  # (B, N, 2H)
@@ -290,7 +315,7 @@ class PercePianoModel(nn.Module):
         return torch.cat([note_voice, beat_spanned, meas_spanned], dim=-1)  # (B, N, 8H)
 
     # ------------------------------------------------------------------ input handling
-    def _prepare(self, x, lengths, note_locations):
+    def _prepare(self, x, lengths, note_locations, shapes=None):
         cfg = self.config
         if x.dim() != 3 or x.shape[-1] != cfg.input_size:
             raise ValueError(f"x: expected (B, N, {cfg.input_size}) float tensor, got shape {tuple(x.shape)}")
@@ -302,13 +327,13 @@ class PercePianoModel(nn.Module):
             raise ValueError(f"lengths: every length must be in [1, {full_length}], got {lengths.tolist()}")
         # The original pads every level to the longest segment of the batch; extra padding is cut here and
         # restored on the note-level intermediates (it would otherwise change the unmasked note-level pooling).
-        used = int(lengths.max())
+        used = int(lengths.max()) if shapes is None else shapes.notes
+        if self.validate_inputs and shapes is not None and used != int(lengths.max()):
+            raise ValueError(f"shapes: given {shapes}, but the longest segment has notes={int(lengths.max())}")
         locations = {}
-        needed = {"note": (), "voice": ("voice",), "beat": ("voice", "beat"), "measure": ("voice", "beat", "measure")}
-        needed["total_note_cat"] = needed["measure"]
-        for key in needed[cfg.level]:
+        for key in LEVEL_LOCATIONS[cfg.level]:
             if key not in note_locations:
-                raise ValueError(f"note_locations: missing {key!r} (level {cfg.level!r} needs {needed[cfg.level]})")
+                raise ValueError(f"note_locations: missing {key!r} (level {cfg.level!r} needs {LEVEL_LOCATIONS[cfg.level]})")
             loc = torch.as_tensor(note_locations[key], device=x.device)
             if loc.shape != (batch, full_length) or loc.dtype.is_floating_point:
                 raise ValueError(f"note_locations[{key!r}]: expected ({batch}, {full_length}) integer tensor, got {tuple(loc.shape)} {loc.dtype}")
@@ -321,7 +346,18 @@ class PercePianoModel(nn.Module):
                     hier.check_indices(key, locations[key], valid, cfg.boundary_rule, allow_jumps=False)
             if "voice" in locations:
                 hier.check_voices(locations["voice"], valid)
-        return x, lengths, locations, full_length
+        if shapes is None or self.validate_inputs:
+            actual = hier.batch_shapes(lengths, locations, cfg.boundary_rule)
+            if shapes is not None and shapes != actual:
+                raise ValueError(f"shapes: given {shapes}, but the batch has {actual}")
+            shapes = actual
+        return x, lengths, locations, full_length, shapes
+
+    def batch_shapes(self, lengths, note_locations) -> hier.BatchShapes:
+        """The ``shapes`` argument of :meth:`forward` for a batch: call it on the CPU copy, before moving
+        the batch to the device (only the locations this model's level reads are looked at)."""
+        keys = LEVEL_LOCATIONS[self.config.level]
+        return hier.batch_shapes(lengths, {k: note_locations[k] for k in keys}, self.config.boundary_rule)
 
     @torch.no_grad()
     def check_note_locations(self, lengths, note_locations) -> None:
@@ -333,7 +369,7 @@ class PercePianoModel(nn.Module):
         x = torch.zeros(lengths.shape[0], width, self.config.input_size, device=lengths.device)
         saved, self.validate_inputs = self.validate_inputs, True
         try:
-            _, lengths, locations, _ = self._prepare(x, lengths, note_locations)
+            _, lengths, locations, _, _ = self._prepare(x, lengths, note_locations)
             if "measure" in locations:
                 valid = hier.valid_mask(lengths, locations["beat"].shape[1])
                 flags = hier.boundary_flags(locations["beat"], valid, self.config.boundary_rule)

@@ -37,7 +37,8 @@ from torch import nn
 
 from . import __version__
 from .config import PRESET_FEATURES, DictConfig, ModelConfig, get_preset
-from .data import N_FOLDS, PercePianoData, feature_size, iterate_batches, num_batches
+from .data import N_FOLDS, Batch, PercePianoData, feature_size, iterate_batches, num_batches
+from .hierarchy import BatchShapes
 from .metrics import evaluate_predictions, r2
 
 CHECKPOINT_FORMAT = "percepiano.train/1"
@@ -104,18 +105,32 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.mse_loss(torch.sigmoid(logits), labels)
 
 
-def _forward(model: nn.Module, batch) -> torch.Tensor:
-    return model(batch.x, batch.lengths, batch.note_locations)
+def _forward(model: nn.Module, batch, shapes=None) -> torch.Tensor:
+    if shapes is None:  # also models without the ``shapes`` argument
+        return model(batch.x, batch.lengths, batch.note_locations)
+    return model(batch.x, batch.lengths, batch.note_locations, shapes=shapes)
 
 
-def train_step(model: nn.Module, batch, optimizer, scheduler, tcfg: TrainConfig) -> torch.Tensor:
-    """One original training iteration; returns the detached loss tensor (on the model's device, no sync).
+def to_device(model: nn.Module, batch: Batch, device: torch.device) -> tuple[Batch, BatchShapes | None]:
+    """The batch on ``device`` and its :class:`~percepiano.hierarchy.BatchShapes`, worked out on the host
+    first, so that the forward pass reads nothing back from the device (None for a model without
+    ``batch_shapes``). CUDA copies go through pinned memory and do not block the host."""
+    shapes = model.batch_shapes(batch.lengths, batch.note_locations) if hasattr(model, "batch_shapes") else None
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True), shapes
+    return batch.to(device), shapes
+
+
+def train_step(model: nn.Module, batch, optimizer, scheduler, tcfg: TrainConfig, shapes=None) -> torch.Tensor:
+    """One original training iteration; returns the detached loss tensor (on the model's device). With
+    ``shapes`` (see :func:`to_device`) and a model that no longer validates its inputs, nothing in it waits
+    for the device.
 
     train mode -> forward -> loss -> zero_grad -> backward -> clip_grad_norm_(all parameters) -> step ->
     scheduler.step().
     """
     model.train()
-    loss = loss_fn(_forward(model, batch), batch.labels)
+    loss = loss_fn(_forward(model, batch, shapes), batch.labels)
     optimizer.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
@@ -150,8 +165,8 @@ def predict(
     logits, ids, loss_sum = [], [], None
     try:
         for batch in iterate_batches(data, indices, batch_size, feature_set=feature_set):
-            batch = batch.to(device)
-            out = _forward(model, batch)
+            batch, shapes = to_device(model, batch, torch.device(device))
+            out = _forward(model, batch, shapes)
             batch_loss = loss_fn(out, batch.labels)
             loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
             logits.append(out)
@@ -415,7 +430,8 @@ def train_fold(
             data, idx["train"], tcfg.batch_size, feature_set=feature_set, shuffle=True, seed=tcfg.seed,
             epoch=epoch, max_batches=tcfg.max_train_batches,
         ):
-            loss_sum += train_step(model, batch.to(device), optimizer, scheduler, tcfg)
+            batch, shapes = to_device(model, batch, device)
+            loss_sum += train_step(model, batch, optimizer, scheduler, tcfg, shapes)
             bar.update()
         bar.close()
         train_loss = float(loss_sum) / n_train_batches  # one sync per epoch
