@@ -30,8 +30,16 @@ class ContextAttention(nn.Module):
         self.context_vector = nn.Parameter(torch.empty(num_heads, self.head_size, 1))
         nn.init.uniform_(self.context_vector, a=-1.0, b=1.0)
 
-    def similarity(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, H) raw scores (original ``get_attention``; the temperature is applied by callers)."""
+    def similarity(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, H) raw scores (original ``get_attention``; the temperature is applied by callers).
+
+        ``rows`` (B, T) bool: score only these rows, the others get 0. For callers that drop the other
+        rows' scores anyway (segment softmax over real notes); on a CPU it skips the padding's matmul.
+        """
+        if rows is not None:
+            scores = x.new_zeros(*x.shape[:2], self.num_heads)  # (B, T, H)
+            scores[rows] = self.similarity(x[rows][None])[0]  # (M, H) for the M chosen rows
+            return scores
         batch, length, _ = x.shape
         activated = torch.tanh(self.attention_net(x))  # (B, T, D)
         activated = activated.view(batch, length, self.num_heads, self.head_size)  # (B, T, H, d)

@@ -274,7 +274,10 @@ class PercePianoModel(nn.Module):
         """Notes -> beat nodes -> beat BiLSTM (``make_higher_node`` + ``run_hierarchy_lstm_with_pack``)."""
         flags = hier.boundary_flags(locations["beat"], valid, self.config.boundary_rule)
         beat_seg, num_per_sample, _ = hier.segment_ids(flags, valid, num_beats)
-        scores = self.beat_attention.similarity(note_voice)  # (B, N, h)
+        # padding's scores are dropped by the segment softmax: on a CPU (where reading the mask costs no
+        # device sync) its matmul is skipped
+        rows = valid if note_voice.device.type == "cpu" else None
+        scores = self.beat_attention.similarity(note_voice, rows)  # (B, N, h)
         weights = hier.segment_softmax(scores, beat_seg, num_beats, self.config.attention_temperature)
         nodes = hier.pool_segments(note_voice, weights, beat_seg, num_beats)  # (B, Tb, 4H)
         beat = run_lstm(self.beat_lstm, nodes, num_per_sample)  # (B, Tb, 2H)
@@ -346,6 +349,13 @@ class PercePianoModel(nn.Module):
                     hier.check_indices(key, locations[key], valid, cfg.boundary_rule, allow_jumps=False)
             if "voice" in locations:
                 hier.check_voices(locations["voice"], valid)
+            if cfg.level == "total_note_cat" and bool((lengths == 1).any()):
+                row = int(torch.nonzero(lengths == 1)[0, 0])
+                raise ValueError(
+                    f"lengths: row {row} has one note; the original's cal_length_from_padded_beat_numbers then "
+                    f"counts its padding as notes and spans beat and measure nodes to it by negative indices "
+                    f"(level 'total_note_cat'; alone in a batch it crashes). Segments need >= 2 notes at this level"
+                )
         if shapes is None or self.validate_inputs:
             actual = hier.batch_shapes(lengths, locations, cfg.boundary_rule)
             if shapes is not None and shapes != actual:

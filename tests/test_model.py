@@ -238,6 +238,16 @@ def test_bad_note_locations_raise_naming_row_and_reason(mutate, message, batch):
         PercePianoModel(tiny("measure"))(x, lengths, loc)
 
 
+def test_one_note_segment_is_an_error_only_where_the_original_spans_nodes_to_notes(batch):
+    x, lengths, loc = batch
+    lengths = lengths.clone()
+    lengths[1] = 1  # its beat and measure indices are not 0 (a lone 0 is an error of its own)
+    loc = {k: v * (torch.arange(12)[None, :] < lengths[:, None]) for k, v in loc.items()}
+    with pytest.raises(ValueError, match="row 1 has one note"):
+        PercePianoModel(tiny("total_note_cat"))(x, lengths, loc)
+    assert torch.isfinite(PercePianoModel(tiny("measure"))(x, lengths, loc)).all()
+
+
 def test_wrong_feature_width_is_an_error(batch):
     x, lengths, loc = batch
     with pytest.raises(ValueError, match=r"x: expected \(B, N, 9\)"):
