@@ -23,6 +23,8 @@ from percepiano.config import ModelConfig
 from percepiano.data import Batch
 from percepiano.training import TrainConfig, build_optimizer, build_scheduler, to_device, train_step
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LEVELS = ["note", "voice", "beat", "measure", "total_note_cat"]
 SIZES = dict(input_size=7, note_size=6, voice_size=10, beat_size=12, measure_size=8, num_heads=2)
 EXACT = dict(rtol=0.0, atol=0.0)  # shapes only size the axes: the arithmetic is the same
@@ -36,7 +38,7 @@ def as_batch(x, lengths, locations) -> Batch:
     return Batch(x=x, lengths=lengths, note_locations=locations, labels=torch.rand(x.shape[0], 5), segment_ids=[])
 
 
-def realistic_batch(preset: str) -> Batch:
+def realistic_batch(input_size: int, segments: int = 8) -> Batch:
     """8 synthetic segments shaped like the dataset (``benchmarks/batches.py``: 51-413 notes, 1-7 voices)."""
     import importlib.util
 
@@ -49,7 +51,7 @@ def realistic_batch(preset: str) -> Batch:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     rng = np.random.default_rng(3)
-    return collate([module.synthetic_segment(rng, PRESETS[preset].input_size) for _ in range(8)])
+    return collate([module.synthetic_segment(rng, input_size) for _ in range(segments)])
 
 
 def meta_step(model: PercePianoModel, batch: Batch, shapes):
@@ -80,7 +82,7 @@ def test_without_shapes_the_step_reads_from_the_device(level):
 @pytest.mark.slow  # 25 s: every LSTM time step is its own op on meta
 @pytest.mark.parametrize("preset", ["han", "bilstm"])
 def test_preset_training_step_on_a_realistic_batch_reads_nothing_from_the_device(preset):
-    batch = realistic_batch(preset)
+    batch = realistic_batch(PRESETS[preset].input_size)
     model = PercePianoModel(PRESETS[preset])
     shapes = model.batch_shapes(batch.lengths, batch.note_locations)
     assert meta_step(model, batch, shapes).device.type == "meta"
@@ -155,7 +157,7 @@ def test_voice_lstm_with_host_shapes_equals_reading_them(data):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: run on a GPU machine (marker gpu)")
 @pytest.mark.parametrize("preset", ["han", "bilstm"])
 def test_cuda_training_step_does_not_synchronise(preset):
-    cpu_batch = realistic_batch(preset)
+    cpu_batch = realistic_batch(PRESETS[preset].input_size)
     model = PercePianoModel(PRESETS[preset]).cuda()
     model.validate_inputs = False
     tcfg = TrainConfig()
@@ -170,3 +172,29 @@ def test_cuda_training_step_does_not_synchronise(preset):
             train_step(model, batch, optimizer, scheduler, tcfg, shapes)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, dict(rtol=1e-12, atol=1e-13)), (torch.float32, dict(rtol=1e-5, atol=1e-6))])
+@pytest.mark.parametrize("level", LEVELS)
+def test_device_path_equals_the_cpu_shortcuts(level, dtype, tol, monkeypatch):
+    """What a GPU runs (no length groups, every row scored) gives the CPU path's outputs and gradients,
+    so the parity proven on CPU carries over to the device path's arithmetic."""
+    import percepiano.model as M
+
+    batch = realistic_batch(SIZES["input_size"], segments=6)
+    x, lengths, locations = batch.x.to(dtype), batch.lengths, batch.note_locations
+    assert len(M.length_groups(lengths.tolist())) > 1  # the CPU path does split the rows
+    torch.manual_seed(0)
+    model = PercePianoModel(tiny(level)).to(dtype)
+    results = []
+    for shortcuts in (True, False):
+        monkeypatch.setattr(M, "CPU_SHORTCUTS", shortcuts)
+        model.zero_grad()
+        out = model(x, lengths, locations, return_intermediates=True)
+        out.logits.square().sum().backward()
+        results.append((out.intermediates, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (cpu_inter, cpu_grads), (dev_inter, dev_grads) = results
+    for key in cpu_inter:
+        torch.testing.assert_close(dev_inter[key], cpu_inter[key], **tol, msg=key)
+    for name in cpu_grads:
+        torch.testing.assert_close(dev_grads[name], cpu_grads[name], **tol, msg=name)
