@@ -39,7 +39,7 @@ def as_batch(x, lengths, locations) -> Batch:
 
 
 def realistic_batch(input_size: int, segments: int = 8) -> Batch:
-    """8 synthetic segments shaped like the dataset (``benchmarks/batches.py``: 51-413 notes, 1-7 voices)."""
+    """``segments`` synthetic segments shaped like the dataset (``benchmarks/batches.py``: 51-413 notes, 1-7 voices)."""
     import importlib.util
 
     import numpy as np
