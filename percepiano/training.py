@@ -106,16 +106,14 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(model: nn.Module, batch, shapes=None) -> torch.Tensor:
-    if shapes is None:  # also models without the ``shapes`` argument
-        return model(batch.x, batch.lengths, batch.note_locations)
     return model(batch.x, batch.lengths, batch.note_locations, shapes=shapes)
 
 
-def to_device(model: nn.Module, batch: Batch, device: torch.device) -> tuple[Batch, BatchShapes | None]:
+def to_device(model: nn.Module, batch: Batch, device: torch.device) -> tuple[Batch, BatchShapes]:
     """The batch on ``device`` and its :class:`~percepiano.hierarchy.BatchShapes`, worked out on the host
-    first, so that the forward pass reads nothing back from the device (None for a model without
-    ``batch_shapes``). CUDA copies go through pinned memory and do not block the host."""
-    shapes = model.batch_shapes(batch.lengths, batch.note_locations) if hasattr(model, "batch_shapes") else None
+    first, so that the forward pass reads nothing back from the device. CUDA copies go through pinned
+    memory and do not block the host."""
+    shapes = model.batch_shapes(batch.lengths, batch.note_locations)
     if device.type == "cuda":
         return batch.pin_memory().to(device, non_blocking=True), shapes
     return batch.to(device), shapes

@@ -3,6 +3,17 @@ from __future__ import annotations
 
 import torch
 
+from percepiano import ModelConfig
+
+LEVELS = ["note", "voice", "beat", "measure", "total_note_cat"]
+# Mutually distinct sizes, so that a transposed or swapped axis cannot pass.
+SIZES = dict(input_size=7, note_size=6, voice_size=10, beat_size=12, measure_size=8, num_heads=2)
+
+
+def tiny(level, **kw) -> ModelConfig:
+    """A small model config of ``level`` on ``make_batch``'s 7 input dims; no dropout."""
+    return ModelConfig(**{**SIZES, "level": level, "dropout": 0.0, **kw})
+
 
 def make_batch(input_size: int = 7, dtype=torch.float32, seed: int = 0):
     """Three segments of different lengths: voice-0 notes, missing voice numbers, one-note beats,

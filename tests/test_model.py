@@ -11,17 +11,10 @@ from percepiano import PRESETS, ModelConfig, PercePianoModel
 from percepiano.convert import RENAME_POOLING, rename_table
 from percepiano.model import run_lstm
 
-from batches import make_batch
+from batches import LEVELS, SIZES, make_batch, tiny
 
-LEVELS = ["note", "voice", "beat", "measure", "total_note_cat"]
 # float64 through a few LSTMs and softmaxes: agreement to ~1e-15 is routine; 1e-10 leaves room for BLAS order.
 F64 = {"rtol": 1e-10, "atol": 1e-10}
-# Mutually distinct sizes, so that a transposed or swapped axis cannot pass.
-SIZES = dict(input_size=7, note_size=6, voice_size=10, beat_size=12, measure_size=8, num_heads=2)
-
-
-def tiny(level, **kw):
-    return ModelConfig(**{**SIZES, "level": level, "dropout": 0.0, **kw})
 
 
 @pytest.fixture(autouse=True)

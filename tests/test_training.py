@@ -20,7 +20,8 @@ FP32 = dict(rtol=1e-5, atol=1e-6)  # same float32 computation, different kernel/
 
 
 class StandIn(nn.Module):
-    """A tiny model with the PercePianoModel call signature: (x, lengths, note_locations) -> (B, 19) logits."""
+    """A tiny model with the PercePianoModel interface: (x, lengths, note_locations, shapes=) -> (B, 19)
+    logits, and ``batch_shapes`` (it needs none)."""
 
     def __init__(self, input_size=101, hidden=6, dropout=0.0, gain=1.0):
         super().__init__()
@@ -31,7 +32,10 @@ class StandIn(nn.Module):
         with torch.no_grad():
             self.out.weight.div_(gain)
 
-    def forward(self, x, lengths, note_locations):
+    def batch_shapes(self, lengths, note_locations):
+        return None
+
+    def forward(self, x, lengths, note_locations, shapes=None):
         mask = (torch.arange(x.shape[1]) < lengths[:, None]).to(x.dtype)[:, :, None]  # ignore padding
         h = (torch.tanh(self.lin(x)) * mask).sum(1) / lengths[:, None].to(x.dtype)
         return self.out(self.drop(h * self.gain))
