@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-LEVELS = ("note", "voice", "beat", "measure", "total_note_cat")
-BOUNDARY_RULES = ("diff_eq_1", "diff_gt_0")
-INITS = ("pytorch_default", "orthogonal_lstm", "xavier_attention")
+from .constants import BOUNDARY_RULES, INITS, LEVELS, PRESET_FEATURES  # noqa: F401 (PRESET_FEATURES re-exported)
 
 # Original value of every field that is a deviation switch (field name -> original value).
 ORIGINAL_BEHAVIOUR = {
@@ -28,7 +26,7 @@ DEVIATION_NOTES = {
 }
 
 
-class DictConfig:
+class DictRoundTrip:
     """Plain-dict round trip for the frozen config dataclasses (results files, checkpoints)."""
 
     def to_dict(self) -> dict:
@@ -44,7 +42,7 @@ class DictConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig(DictConfig):
+class ModelConfig(DictRoundTrip):
     input_size: int = 101  # per-note features: 101 = score + performance (HAN, +SA); 9 = performance-only baseline
     hidden_size: int | None = None  # if set, overrides note/voice/beat/measure sizes at once
     note_size: int = 256  # note LSTM hidden size per direction; also the embedder output (yml note.size)
@@ -123,7 +121,6 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 # Which feature set (see percepiano.data) each preset reads.
-PRESET_FEATURES: dict[str, str] = {"han": "full", "bilstm": "performance_only", "bilstm_sa": "full"}
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:

@@ -21,20 +21,17 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-# Feature sets: which columns of the 101-dim input each model reads (reference_spec §2.1, §2.2).
-FEATURE_SETS: dict[str, tuple[int, ...]] = {
-    "full": tuple(range(101)),  # score + performance features (HAN, Bi-LSTM + SA)
-    "performance_only": tuple(range(92, 101)),  # 4 raw performance-MIDI + 5 raw score copies (Bi-LSTM baseline)
-}
-SPLIT_SCHEMES = ("composition", "performer")
-PARTS = {"train": 0, "valid": 1, "test": 2}  # codes in the `<scheme>_split` arrays
-N_FOLDS = 4
-NUM_LABELS = 19
-INPUT_DIM = 101
-LOCATION_KEYS = ("beat", "measure", "section", "voice")
-# Indices whose consecutive notes must differ by 0 or +1 inside a segment (made contiguous by the original).
-CONTIGUOUS_KEYS = ("beat", "measure", "section")
-DATA_ENV = "PERCEPIANO_DATA"
+from .constants import (  # noqa: F401 (re-exported: the data's names)
+    CONTIGUOUS_KEYS,
+    DATA_ENV,
+    FEATURE_SETS,
+    INPUT_DIM,
+    LOCATION_KEYS,
+    N_FOLDS,
+    NUM_LABELS,
+    PARTS,
+    SPLIT_SCHEMES,
+)
 
 
 @dataclass(frozen=True)

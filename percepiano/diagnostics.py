@@ -487,11 +487,11 @@ def hierarchy_gain(han, bilstm_sa, *, targets: Mapping | None = None, check_pres
 # Published targets
 # ---------------------------------------------------------------------------------------------------------
 def targets_path() -> Path:
-    return Path(__file__).parent / "data" / "regression_targets.json"
+    return Path(__file__).parent / "resources" / "regression_targets.json"
 
 
 def load_targets(path: str | os.PathLike | None = None) -> dict:
-    """The published R² targets (``percepiano/data/regression_targets.json`` unless ``path`` is given)."""
+    """The published R² targets (``percepiano/resources/regression_targets.json`` unless ``path`` is given)."""
     p = Path(path) if path is not None else targets_path()
     if not p.is_file():
         raise FileNotFoundError(f"regression targets not found: {p}")

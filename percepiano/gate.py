@@ -3,7 +3,7 @@
 ``percepiano gate RESULTS.json`` compares a ``percepiano cv`` result with a reference and fails (exit 1) when
 
 - ``--against targets`` (default): the metric is below the published target of the run's preset and split
-  (``percepiano/data/regression_targets.json``) by more than ``--tolerance`` (default: the targets file's
+  (``percepiano/resources/regression_targets.json``) by more than ``--tolerance`` (default: the targets file's
   ``tolerance``, 0.03, else :data:`DEFAULT_TOLERANCE`);
 - ``--against OTHER_RESULTS.json`` (a previous round): the metric is below the previous round's by more than
   that round's fold spread (population std over its folds of the same metric, the

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-BOUNDARY_RULES = ("diff_eq_1", "diff_gt_0")
+from .constants import BOUNDARY_RULES
 
 
 def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

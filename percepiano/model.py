@@ -228,7 +228,7 @@ class PercePianoModel(nn.Module):
             nn.Dropout(cfg.dropout),
             nn.Linear(2 * cfg.encoder_size, cfg.num_labels),
         )
-        from .init import apply_init  # local import: init.py names modules of this file
+        from .initialization import apply_init  # local import: initialization.py names modules of this file
 
         apply_init(self, cfg.init)
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import PRESET_FEATURES, DictConfig, ModelConfig, get_preset
+from .config import PRESET_FEATURES, DictRoundTrip, ModelConfig, get_preset
 from .data import N_FOLDS, Batch, PercePianoData, feature_size, iterate_batches, num_batches
 from .hierarchy import BatchShapes
 from .metrics import evaluate_predictions, r2
@@ -47,7 +47,7 @@ PREDICTIONS, FOLD_RESULT, RESULTS = "test_predictions.npz", "fold_result.json", 
 
 
 @dataclass(frozen=True)
-class TrainConfig(DictConfig):
+class TrainConfig(DictRoundTrip):
     """Training protocol; defaults are the published runs (reference_spec §1.2, §5)."""
 
     lr: float = 2.5e-5  # script flag --lr
@@ -563,11 +563,11 @@ def save_predictions(path: str | os.PathLike, p: SplitPredictions, extra: dict |
 
 
 def regression_targets() -> dict:
-    """``percepiano/data/regression_targets.json``: the R2 targets of the regression gates (with their source)
+    """``percepiano/resources/regression_targets.json``: the R2 targets of the regression gates (with their source)
     and the measured baseline values."""
     from importlib import resources
 
-    return json.loads((resources.files("percepiano") / "data" / "regression_targets.json").read_text())
+    return json.loads((resources.files("percepiano") / "resources" / "regression_targets.json").read_text())
 
 
 def environment_info(device: torch.device | str | None = None) -> dict:

@@ -78,7 +78,7 @@ def test_baseline_cv_results_format(ds, tmp_path):
 @pytest.mark.parametrize("split", ["composition", "performer"])
 def test_real_baselines_match_recorded_values(split, tmp_path):
     """The mean and ridge baselines are deterministic: they must reproduce the values recorded in
-    percepiano/data/regression_targets.json (measured with this code, not taken from the paper)."""
+    percepiano/resources/regression_targets.json (measured with this code, not taken from the paper)."""
     recorded = regression_targets()["baselines"]
     tol = recorded["tolerance"]
     data = load_dataset(REAL)

@@ -181,7 +181,7 @@ def _results(preset, split, fold_r2, per_label=None):
 def test_hierarchy_gain_is_han_minus_bilstm_sa_same_split():
     han = _results("han", "composition", [0.40, 0.42, 0.38, 0.40], [[0.5, 0.3]] * 4)
     sa = _results("bilstm_sa", "composition", [0.30, 0.31, 0.29, 0.30], [[0.2, 0.4]] * 4)
-    targets = json.loads((Path(diag.__file__).parent / "data" / "regression_targets.json").read_text())
+    targets = json.loads((Path(diag.__file__).parent / "resources" / "regression_targets.json").read_text())
     g = diag.hierarchy_gain(han, sa, targets=targets)
     assert g.gain == pytest.approx(0.10, abs=EXACT)
     assert g.per_label_gain == pytest.approx({"x_a": 0.3, "y_b": -0.1}, abs=EXACT)

@@ -60,7 +60,7 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 
 def test_against_published_targets(tmp_path):
-    # composition han target 0.397, tolerance 0.03 in percepiano/data/regression_targets.json
+    # composition han target 0.397, tolerance 0.03 in percepiano/resources/regression_targets.json
     ok = write_run(tmp_path, "ok", "han", "composition", [0.37, 0.37, 0.37, 0.37])
     bad = write_run(tmp_path, "bad", "han", "composition", [0.36, 0.36, 0.36, 0.36])
     r_ok, r_bad = gate(ok), gate(bad)

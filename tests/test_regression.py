@@ -1,5 +1,5 @@
 """Full-protocol regression gates: 100 epochs x 4 folds of each published model on both splits, asserting the
-paper's mean test R2 (percepiano/data/regression_targets.json, with its source and tolerance).
+paper's mean test R2 (percepiano/resources/regression_targets.json, with its source and tolerance).
 
 Hours of GPU time; selected only with ``pytest -m gpu_regression`` (``tox -e gpu_regression``). They need
 ``PERCEPIANO_DATA`` and CUDA, or ``PERCEPIANO_REGRESSION_DEVICE=cpu`` (or another torch device string) to run

@@ -1,0 +1,75 @@
+"""Every fixed name and number of the original model, data and protocol, in one place.
+
+Values come from the original code at commit e672299 (``virtuoso/virtuoso/``: ``model_m2pf.py``,
+``utils.py``, ``train_m2pf.py``, ``ymls/shared/label19/han_bigger256_concat.yml`` and the scripts under
+``scripts/``) and from the processed dataset; ``docs/original.md`` explains each of them.
+"""
+from __future__ import annotations
+
+# ------------------------------------------------------------------ model
+# What the model pools at its top (``VirtuosoNetMultiLevel(multi_level=...)``); the published HAN is "measure".
+LEVELS = ("note", "voice", "beat", "measure", "total_note_cat")
+# The levels whose pooled sequence is note-long and goes through ``pool_contractor`` first.
+CONTRACTED_LEVELS = ("note", "voice", "total_note_cat")
+# Where a beat or measure node starts: ``utils.find_boundaries_batch`` (original) wants a step of exactly 1.
+BOUNDARY_RULES = ("diff_eq_1", "diff_gt_0")
+# Initialisation schemes; ``pytorch_default`` is the original (no explicit init anywhere).
+INITS = ("pytorch_default", "orthogonal_lstm", "xavier_attention")
+
+# ------------------------------------------------------------------ data
+# The note-location arrays of a sample (``ScorePerformDataset.__getitem__``'s ``note_locations`` dict).
+LOCATION_KEYS = ("beat", "measure", "section", "voice")
+# Indices whose consecutive notes differ by 0 or +1 inside a segment (the original pipeline makes them so).
+CONTIGUOUS_KEYS = ("beat", "measure", "section")
+# The note locations each model level reads.
+LEVEL_LOCATIONS: dict[str, tuple[str, ...]] = {
+    "note": (),
+    "voice": ("voice",),
+    "beat": ("voice", "beat"),
+    "measure": ("voice", "beat", "measure"),
+    "total_note_cat": ("voice", "beat", "measure"),
+}
+INPUT_DIM = 101  # per-note input features of the processed data
+# Which input columns each model reads: the HAN and Bi-LSTM + SA read all, the Bi-LSTM baseline the 9
+# performance-only columns (``--input_size 9`` slices 92:101 in ``dataset.py``).
+FEATURE_SETS: dict[str, tuple[int, ...]] = {
+    "full": tuple(range(INPUT_DIM)),
+    "performance_only": tuple(range(92, INPUT_DIM)),
+}
+# The 19 labels in the order of the label vectors (the processed data's ``label_names``).
+LABEL_NAMES = (
+    "Timing_Stable_Unstable",
+    "Articulation_Long_Short",
+    "Articulation_Soft_cushioned_Hard_solid",
+    "Pedal_Sparse/dry_Saturated/wet",
+    "Pedal_Clean_Blurred",
+    "Timbre_Even_Colorful",
+    "Timbre_Shallow_Rich",
+    "Timbre_Bright_Dark",
+    "Timbre_Soft_Loud",
+    "Dynamic_Sophisticated/mellow_Raw/crude",
+    "Dynamic_Little_dynamic_range_Large_dynamic_range",
+    "Music_Making_Fast_paced_Slow_paced",
+    "Music_Making_Flat_Spacious",
+    "Music_Making_Disproportioned_Balanced",
+    "Music_Making_Pure_Dramatic/expressive",
+    "Emotion_&_Mood_Optimistic/pleasant_Dark",
+    "Emotion_&_Mood_Low_Energy_High_Energy",
+    "Emotion_&_Mood_Honest_Imaginative",
+    "Interpretation_Unsatisfactory/doubtful_Convincing",
+)
+NUM_LABELS = len(LABEL_NAMES)  # ``--num_labels 19``
+# Labels are ratings 1..7 divided by 7: in (0, 1], the model's sigmoid range.
+RATING_SCALE = (1, 7)
+DATA_ENV = "PERCEPIANO_DATA"  # environment variable naming the processed npz
+
+# ------------------------------------------------------------------ protocol
+# Split schemes of the processed data (``<scheme>_split`` arrays; the original's 4-fold json files).
+SPLIT_SCHEMES = ("composition", "performer")
+PARTS = {"train": 0, "valid": 1, "test": 2}  # codes in the ``<scheme>_split`` arrays
+N_FOLDS = 4  # every split scheme has 4 folds; the paper reports the mean over the 4 fold models
+PROTOCOL_EPOCHS = 100  # ``--epochs 100`` in every training script
+# Which feature set each neural preset reads.
+PRESET_FEATURES: dict[str, str] = {"han": "full", "bilstm": "performance_only", "bilstm_sa": "full"}
+# Non-neural baselines run by ``percepiano cv`` beside the neural presets (ours; the original has none).
+BASELINES = ("mean", "ridge")
