@@ -67,19 +67,19 @@ def mse(y_true, y_pred) -> float:
     return float(mse_per_label(y_true, y_pred).mean())
 
 
-def std_score_per_label(y_pred, y_true, label_std, k: float) -> np.ndarray:
+def std_score_per_label(y_true, y_pred, label_std, k: float) -> np.ndarray:
     """Percentage (0-100) of samples with ``|pred - true| <= k * std`` per label (the original tests
     ``true - k*std <= pred <= true + k*std``; both bounds inclusive)."""
-    p, t, s = _as_2d(y_pred, "y_pred"), _as_2d(y_true, "y_true"), _as_2d(label_std, "label_std")
-    if not p.shape == t.shape == s.shape:
-        raise ValueError(f"shapes differ: y_pred {p.shape}, y_true {t.shape}, label_std {s.shape}")
+    t, p, s = _as_2d(y_true, "y_true"), _as_2d(y_pred, "y_pred"), _as_2d(label_std, "label_std")
+    if not t.shape == p.shape == s.shape:
+        raise ValueError(f"shapes differ: y_true {t.shape}, y_pred {p.shape}, label_std {s.shape}")
     within = (p >= t - k * s) & (p <= t + k * s)
     return within.mean(axis=0) * 100.0
 
 
-def std_score(y_pred, y_true, label_std, k: float) -> float:
+def std_score(y_true, y_pred, label_std, k: float) -> float:
     """Mean over labels of :func:`std_score_per_label` (the original's ``std_score_{1,05,01}``)."""
-    return float(std_score_per_label(y_pred, y_true, label_std, k).mean())
+    return float(std_score_per_label(y_true, y_pred, label_std, k).mean())
 
 
 def evaluate_predictions(y_true, y_pred, label_std=None) -> dict:
@@ -95,7 +95,7 @@ def evaluate_predictions(y_true, y_pred, label_std=None) -> dict:
     }
     if label_std is not None:
         for name, k in STD_SCORE_RANGES.items():
-            per = std_score_per_label(p, t, label_std, k)
+            per = std_score_per_label(t, p, label_std, k)
             out[name] = float(per.mean())
             out[f"per_label_{name}"] = per.tolist()
     return out

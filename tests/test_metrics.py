@@ -66,18 +66,18 @@ def test_std_score_by_hand():
     s = np.full_like(y, 0.1)
     p = np.array([[0.5, 0.59], [0.55, 0.61], [0.449, 0.3], [0.6, 0.5]])
     # |p - y| label 0: 0, 0.05, 0.051, 0.1 ; label 1: 0.09, 0.11, 0.2, 0
-    np.testing.assert_allclose(M.std_score_per_label(p, y, s, 1.0), [100.0, 50.0])  # 0.1 bound is inclusive
-    np.testing.assert_allclose(M.std_score_per_label(p, y, s, 0.5), [50.0, 25.0])
-    np.testing.assert_allclose(M.std_score_per_label(p, y, s, 0.1), [25.0, 25.0])
-    assert M.std_score(p, y, s, 0.5) == pytest.approx(37.5)
+    np.testing.assert_allclose(M.std_score_per_label(y, p, s, 1.0), [100.0, 50.0])  # 0.1 bound is inclusive
+    np.testing.assert_allclose(M.std_score_per_label(y, p, s, 0.5), [50.0, 25.0])
+    np.testing.assert_allclose(M.std_score_per_label(y, p, s, 0.1), [25.0, 25.0])
+    assert M.std_score(y, p, s, 0.5) == pytest.approx(37.5)
 
 
 def test_std_score_inclusive_bound_exact():
     y = np.array([[0.5], [0.25]])
     s = np.array([[0.25], [0.25]])
     p = np.array([[0.75], [0.0]])  # exactly y + 1*s and y - 1*s (all binary-exact)
-    assert M.std_score(p, y, s, 1.0) == 100.0
-    assert M.std_score(p, y, s, 0.5) == 0.0
+    assert M.std_score(y, p, s, 1.0) == 100.0
+    assert M.std_score(y, p, s, 0.5) == 0.0
 
 
 def test_evaluate_predictions_keys(yp):
