@@ -10,7 +10,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from batches import benchmark_batch  # noqa: E402
+from workloads import benchmark_batch  # noqa: E402
 from conftest import devices  # noqa: E402
 
 from percepiano import PRESETS, PercePianoModel  # noqa: E402

@@ -225,6 +225,40 @@ def voice_shapes(voice: torch.Tensor, valid: torch.Tensor) -> tuple[int, int, in
 
 
 @dataclass(frozen=True)
+class NodeSegments:
+    """Beat nodes in note space and measure nodes in beat-node space, as the model builds them.
+
+    The original makes beat nodes from notes and measure nodes from beat nodes (``model_utils.py``:
+    ``make_higher_node``); the measure fields are ``None`` / 0 when no measure indices were given.
+    """
+
+    beat: torch.Tensor  # (B, N) beat node of every note; padding = ``beats`` (the dustbin)
+    beats_per_sample: torch.Tensor  # (B,)
+    beats: int  # beat nodes of the sample with the most
+    measure_starts: torch.Tensor | None = None  # (B, N) bool: the notes that start a measure
+    measure: torch.Tensor | None = None  # (B, beats) measure node of every beat node; padding = ``measures``
+    measures_per_sample: torch.Tensor | None = None  # (B,)
+    measures: int = 0  # measure nodes of the sample with the most
+
+
+def node_segments(
+    indices: dict, valid: torch.Tensor, rule: str = "diff_eq_1", num_beats: int | None = None, num_measures: int | None = None
+) -> NodeSegments:
+    """The one derivation of beat and measure nodes from (B, N) ``indices["beat"]`` (and ``["measure"]``).
+
+    ``num_beats`` / ``num_measures`` are the node counts when known on the host (:class:`BatchShapes`);
+    otherwise they are read back from the tensors.
+    """
+    beat, beats_per_sample, beats = segment_ids(boundary_flags(indices["beat"], valid, rule), valid, num_beats)
+    if "measure" not in indices:
+        return NodeSegments(beat, beats_per_sample, beats)
+    starts = boundary_flags(indices["measure"], valid, rule)  # (B, N)
+    beat_flags = higher_level_flags(beat, starts, beats)  # (B, Tb)
+    measure, measures_per_sample, measures = segment_ids(beat_flags, valid_mask(beats_per_sample, beats), num_measures)
+    return NodeSegments(beat, beats_per_sample, beats, starts, measure, measures_per_sample, measures)
+
+
+@dataclass(frozen=True)
 class BatchShapes:
     """The data-dependent sizes of one forward pass, as host integers.
 
@@ -255,11 +289,8 @@ def batch_shapes(lengths: torch.Tensor, note_locations: dict, rule: str = "diff_
     if "voice" in loc:
         sizes["voices"], sizes["voice_sequences"], sizes["voice_length"] = voice_shapes(loc["voice"], valid)
     if "beat" in loc:
-        beat_seg, beats_per_sample, sizes["beats"] = segment_ids(boundary_flags(loc["beat"], valid, rule), valid)
-        if "measure" in loc:
-            note_flags = boundary_flags(loc["measure"], valid, rule)
-            beat_flags = higher_level_flags(beat_seg, note_flags, sizes["beats"])  # (B, Tb)
-            sizes["measures"] = segment_ids(beat_flags, valid_mask(beats_per_sample, sizes["beats"]))[2]
+        nodes = node_segments(loc, valid, rule)
+        sizes["beats"], sizes["measures"] = nodes.beats, nodes.measures
     elif "measure" in loc:
         raise ValueError("batch_shapes: measure nodes are made of beat nodes; note_locations needs 'beat' too")
     return BatchShapes(**sizes)

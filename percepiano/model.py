@@ -25,165 +25,18 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import hierarchy as hier
 from .config import ModelConfig
+from .constants import CONTRACTED_LEVELS, LEVEL_LOCATIONS
 from .layers import ContextAttention
-
-LOCATION_KEYS = ("beat", "measure", "section", "voice")
-# the note locations each level reads
-LEVEL_LOCATIONS = {"note": (), "voice": ("voice",), "beat": ("voice", "beat"), "measure": ("voice", "beat", "measure")}
-LEVEL_LOCATIONS["total_note_cat"] = LEVEL_LOCATIONS["measure"]
-CONTRACTED_LEVELS = ("note", "voice", "total_note_cat")
+from .lstm import bilstm, host_shortcuts, run_lstm, run_voice_lstm
 
 
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # (B, num_labels), before the sigmoid
     intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def _bilstm(input_size: int, hidden: int, layers: int, dropout: float) -> nn.LSTM:
-    return nn.LSTM(input_size, hidden, layers, batch_first=True, bidirectional=True, dropout=dropout if layers > 1 else 0.0)
-
-
-# On a CPU the recurrence costs about (rows + STEP_COST_ROWS) per time step: splitting the rows into a few
-# groups of similar length (each run to its own longest) saves the work spent on padding.
-STEP_COST_ROWS = 4
-MAX_LENGTH_GROUPS = 4
-# CPU-only shortcuts (length groups, scoring real rows only) read tensor values on the host, which is free on
-# a CPU and a sync on a GPU. Off, a CPU runs the device path: tests compare the two.
-CPU_SHORTCUTS = True
-
-
-def _cpu_shortcuts(t: torch.Tensor) -> bool:
-    return CPU_SHORTCUTS and t.device.type == "cpu"
-
-
-def length_groups(lengths: list[int], max_groups: int = MAX_LENGTH_GROUPS, step_cost: int = STEP_COST_ROWS) -> list[list[int]]:
-    """Partition row indices, sorted by decreasing length, into at most ``max_groups`` contiguous groups that
-    minimise sum over groups of (rows + step_cost) * longest (dynamic programming over <= a few dozen rows)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    sorted_len = [lengths[i] for i in order]
-    n = len(order)
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(max_groups + 1)]  # best[k][i]: first i rows in k groups
-    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
-    best[0][0] = 0.0
-    for k in range(1, max_groups + 1):
-        for i in range(1, n + 1):
-            for j in range(k - 1, i):  # group = rows j..i-1, its longest is sorted_len[j]
-                cost = best[k - 1][j] + (i - j + step_cost) * sorted_len[j]
-                if cost < best[k][i]:
-                    best[k][i], cut[k][i] = cost, j
-    k = min(range(1, max_groups + 1), key=lambda g: best[g][n])
-    groups, i = [], n
-    while k > 0:
-        j = cut[k][i]
-        groups.append(order[j:i])
-        i, k = j, k - 1
-    return groups[::-1]
-
-
-def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Run a bidirectional ``lstm`` on the first ``lengths[b]`` rows of each sample; padded rows are 0.
-
-    On a CPU the rows run in a few groups of similar length (:func:`length_groups`); each group's result is
-    the same as running the whole batch (rows are independent sequences).
-    """
-    if not _cpu_shortcuts(x) or x.shape[0] < 2:
-        return _run_lstm_unpacked(lstm, x, lengths)
-    groups = length_groups(lengths.tolist())
-    if len(groups) == 1:
-        return _run_lstm_unpacked(lstm, x, lengths)
-    out = x.new_zeros(x.shape[0], x.shape[1], 2 * lstm.hidden_size)  # (B, N, 2H)
-    for rows in groups:
-        index = torch.tensor(rows, device=x.device)
-        longest = int(lengths[index].max())
-        out[index, :longest] = _run_lstm_unpacked(lstm, x[index, :longest], lengths[index])  # (b, L, 2H)
-    return out
-
-
-def _run_lstm_unpacked(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Run a bidirectional ``lstm`` on the first ``lengths[b]`` rows of each sample; padded rows are 0.
-
-    Same result as packing (the original's ``pack_padded_sequence`` → LSTM → ``pad_packed_sequence``),
-    computed without packing, which on CPU runs the recurrence about twice as fast: the forward direction
-    reads the padded batch as is (padding comes after every real row, so it cannot reach them), and the
-    backward direction reads each sample reversed within its own length. Layers run one at a time with the
-    LSTM's own weights; dropout between layers as in ``nn.LSTM``. Samples of length 0 stay 0.
-    """
-    batch, length, _ = x.shape
-    valid = (torch.arange(length, device=x.device)[None, :] < lengths[:, None])[:, :, None]  # (B, N, 1)
-    # reversal within each length; an involution, so the same index maps outputs back
-    reverse = (lengths[:, None] - 1 - torch.arange(length, device=x.device)[None, :])  # (B, N)
-    reverse = torch.where(reverse >= 0, reverse, torch.arange(length, device=x.device)[None, :].expand(batch, -1))
-    reverse = reverse[:, :, None]  # (B, N, 1)
-    hidden = lstm.hidden_size
-    out = x
-    for layer in range(lstm.num_layers):
-        if layer > 0 and lstm.dropout > 0 and lstm.training:
-            out = torch.nn.functional.dropout(out, lstm.dropout, training=True)
-        directions = []
-        for suffix in ("", "_reverse"):
-            weights = [getattr(lstm, f"{kind}_l{layer}{suffix}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            inp = out if not suffix else out.gather(1, reverse.expand(-1, -1, out.shape[-1]))  # (B, N, C)
-            state = inp.new_zeros(1, batch, hidden)
-            res = torch._VF.lstm(inp, (state, state), weights, True, 1, 0.0, lstm.training, False, True)[0]  # (B, N, H)
-            directions.append(res if not suffix else res.gather(1, reverse.expand(-1, -1, hidden)))
-        out = torch.cat(directions, dim=-1) * valid  # (B, N, 2H), zero at padding
-    return out
-
-
-def run_lstm_packed(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The original's way (pack, run, unpack); kept as the reference that :func:`run_lstm` is tested against."""
-    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    hidden, _ = lstm(packed)
-    hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=x.shape[1])  # (B, N, 2H)
-    return hidden
-
-
-def run_voice_lstm(
-    lstm: nn.LSTM,
-    x: torch.Tensor,
-    voice: torch.Tensor,
-    valid: torch.Tensor,
-    shape: tuple[int, int, int] | None = None,
-) -> torch.Tensor:
-    """Mirror of ``HanEncoder.run_voice_net``: each (sample, voice) is its own sequence, in note order.
-
-    All non-empty (sample, voice) sequences run as one LSTM batch. Voice-0 notes (performance notes
-    inserted without a score note) and padding get an all-zero output. ``shape`` is
-    :func:`hierarchy.voice_shapes` when the caller knows it on the host; otherwise it is read from the
-    device. Notes move in and out by index lookups (no ``nonzero``), so with ``shape`` given nothing here
-    waits for the device. Returns (B, N, 2 * hidden).
-    """
-    batch, length, width = x.shape
-    num_voices, num_sequences, longest = hier.voice_shapes(voice, valid) if shape is None else shape
-    if num_voices < 1:
-        return x.new_zeros(batch, length, 2 * lstm.hidden_size)  # (B, N, 2Hv)
-    in_voice = (voice[:, :, None] == torch.arange(1, num_voices + 1, device=voice.device)) & valid[:, :, None]  # (B, N, V)
-    counts = in_voice.sum(dim=1).flatten()  # (B*V,) notes per (sample, voice)
-    sequence_of = torch.cumsum(counts > 0, dim=0) - 1  # (B*V,) row among the non-empty sequences
-    voice_index = (voice - 1).clamp(0, num_voices - 1)  # (B, N) 0-based; clamped rows are masked below
-    seq = sequence_of.view(batch, num_voices).gather(1, voice_index)  # (B, N) the note's sequence
-    pos = (torch.cumsum(in_voice.long(), dim=1) - 1).gather(2, voice_index[:, :, None])[:, :, 0]  # (B, N) rank in it
-    has_voice = valid & (voice > 0)  # (B, N)
-    dustbin = num_sequences * longest
-    slot = torch.where(has_voice, seq * longest + pos, torch.full_like(seq, dustbin)).flatten()  # (B*N,)
-    # source[s]: 1 + the flat note index that fills sequence slot s, 0 for padding (slots are unique per
-    # note; the accumulated dustbin entry is dropped)
-    notes = torch.arange(1, batch * length + 1, device=x.device)  # (B*N,)
-    source = torch.zeros(dustbin + 1, dtype=torch.long, device=x.device).index_put_((slot,), notes, accumulate=True)
-    padded_x = torch.cat([x.new_zeros(1, width), x.reshape(batch * length, width)])  # (1 + B*N, H)
-    sequences = padded_x[source[:dustbin]].view(num_sequences, longest, width)  # (K, L, H)
-    target = torch.where(counts > 0, sequence_of, torch.full_like(sequence_of, num_sequences))  # (B*V,)
-    seq_lengths = torch.zeros(num_sequences + 1, dtype=torch.long, device=x.device)
-    seq_lengths = seq_lengths.index_put_((target,), counts, accumulate=True)[:num_sequences]  # (K,)
-    hidden = run_lstm(lstm, sequences, seq_lengths)  # (K, L, 2Hv)
-    hidden = torch.cat([hidden.reshape(dustbin, -1), hidden.new_zeros(1, hidden.shape[-1])])  # (K*L + 1, 2Hv)
-    return hidden[slot].view(batch, length, -1)  # (B, N, 2Hv)
 
 
 class PercePianoModel(nn.Module):
@@ -193,6 +46,10 @@ class PercePianoModel(nn.Module):
         # Input validation raises on note locations the original mishandles; data that percepiano.data
         # already validated may switch it off to avoid host syncs in the training loop.
         self.validate_inputs = True
+        # CPU-only shortcuts (LSTM rows in length groups, beat attention scoring real notes only) read tensor
+        # values on the host: free on a CPU, a sync elsewhere, so they apply to CPU tensors only. Off, a CPU
+        # runs what a GPU runs (the tests compare the two paths).
+        self.cpu_shortcuts = True
         h_note, h_voice, h_beat, h_meas = cfg.note_size, cfg.voice_size, cfg.beat_size, cfg.measure_size
         level = cfg.level
         uses_voice = level in ("voice", "beat", "measure", "total_note_cat")
@@ -200,15 +57,15 @@ class PercePianoModel(nn.Module):
         uses_measure = level in ("measure", "total_note_cat")
 
         self.embed = nn.Linear(cfg.input_size, h_note)
-        self.note_lstm = _bilstm(h_note, h_note, cfg.note_layers, cfg.dropout)
+        self.note_lstm = bilstm(h_note, h_note, cfg.note_layers, cfg.dropout)
         if uses_voice:
-            self.voice_lstm = _bilstm(h_note, h_voice, cfg.voice_layers, cfg.dropout)
+            self.voice_lstm = bilstm(h_note, h_voice, cfg.voice_layers, cfg.dropout)
         if uses_beat:
             self.beat_attention = ContextAttention(2 * (h_note + h_voice), cfg.num_heads, cfg.attention_temperature)
-            self.beat_lstm = _bilstm(2 * (h_note + h_voice), h_beat, cfg.beat_layers, cfg.dropout)
+            self.beat_lstm = bilstm(2 * (h_note + h_voice), h_beat, cfg.beat_layers, cfg.dropout)
         if uses_measure:
             self.measure_attention = ContextAttention(2 * h_beat, cfg.num_heads, cfg.attention_temperature)
-            self.measure_lstm = _bilstm(2 * h_beat, h_meas, cfg.measure_layers, 0.0)  # original: no dropout here
+            self.measure_lstm = bilstm(2 * h_beat, h_meas, cfg.measure_layers, 0.0)  # original: no dropout here
 
         pooled_width = 2 * cfg.encoder_size
         contractor_in = {
@@ -245,28 +102,30 @@ class PercePianoModel(nn.Module):
         inter: dict[str, torch.Tensor] = {}
 
         embedded = self.embed(x) * valid[:, :, None].to(x.dtype)  # (B, N, H): the original embeds packed data only
-        note = run_lstm(self.note_lstm, embedded, lengths)  # (B, N, 2H)
+        grouped = host_shortcuts(self.cpu_shortcuts, x)
+        note = run_lstm(self.note_lstm, embedded, lengths, grouped)  # (B, N, 2H)
         inter.update(embedded=embedded, note=note)
 
         if cfg.level == "note":
             pool_input = self.pool_contractor(note)  # (B, N, 2H); padded rows = bias, unmasked as in the original
         else:
             voice_shape = (shapes.voices, shapes.voice_sequences, shapes.voice_length)
-            voice = run_voice_lstm(self.voice_lstm, embedded, locations["voice"], valid, voice_shape)  # (B, N, 2H)
+            voice = run_voice_lstm(self.voice_lstm, embedded, locations["voice"], valid, voice_shape, grouped)  # (B, N, 2H)
             note_voice = torch.cat([note, voice], dim=-1)  # (B, N, 4H), note first as in the original
             inter["voice"] = voice
             if cfg.level == "voice":
                 pool_input = self.pool_contractor(note_voice)  # (B, N, 2H)
             else:
-                beat, beat_seg, beats_per_sample = self._beat_level(note_voice, locations, valid, shapes.beats, inter)
+                nodes = hier.node_segments(locations, valid, cfg.boundary_rule, shapes.beats, shapes.measures)
+                beat = self._beat_level(note_voice, nodes, valid, grouped, inter)
                 if cfg.level == "beat":
                     pool_input = beat
                 else:
-                    measure = self._measure_level(beat, beat_seg, beats_per_sample, locations, valid, shapes.measures, inter)
+                    measure = self._measure_level(beat, nodes, grouped, inter)
                     if cfg.level == "measure":
                         pool_input = measure
                     else:  # total_note_cat
-                        total = self._total_note_cat(note_voice, beat, beat_seg, measure, locations, valid)
+                        total = self._total_note_cat(note_voice, beat, measure, nodes, locations, valid)
                         pool_input = self.pool_contractor(total)  # (B, N, 2H)
 
         pooled, pool_weights = self.pool_attention(pool_input)  # (B, 2H), (B, T, h)
@@ -277,51 +136,41 @@ class PercePianoModel(nn.Module):
         note_axis = ["embedded", "note", "voice", "beat_weights"] + (["pool_weights"] if cfg.level in CONTRACTED_LEVELS else [])
         return ModelOutput(logits=logits, intermediates=self._pad_notes(inter, note_axis, full_length))
 
-    def _beat_level(self, note_voice, locations, valid, num_beats, inter):
+    def _beat_level(self, note_voice, nodes: hier.NodeSegments, valid, grouped, inter):
         """Notes -> beat nodes -> beat BiLSTM (``make_higher_node`` + ``run_hierarchy_lstm_with_pack``)."""
-        flags = hier.boundary_flags(locations["beat"], valid, self.config.boundary_rule)
-        beat_seg, num_per_sample, _ = hier.segment_ids(flags, valid, num_beats)
-        # padding's scores are dropped by the segment softmax: on a CPU (where reading the mask costs no
-        # device sync) its matmul is skipped
-        rows = valid if _cpu_shortcuts(note_voice) else None
-        scores = self.beat_attention.similarity(note_voice, rows)  # (B, N, h)
-        weights = hier.segment_softmax(scores, beat_seg, num_beats, self.config.attention_temperature)
-        nodes = hier.pool_segments(note_voice, weights, beat_seg, num_beats)  # (B, Tb, 4H)
-        beat = run_lstm(self.beat_lstm, nodes, num_per_sample)  # (B, Tb, 2H)
-        inter.update(beat_weights=weights, beat_nodes=nodes, beat=beat)
-        return beat, beat_seg, num_per_sample
+        # padding's scores are dropped by the segment softmax: with the CPU shortcuts its matmul is skipped
+        scores = self.beat_attention.similarity(note_voice, valid if grouped else None)  # (B, N, h)
+        weights = hier.segment_softmax(scores, nodes.beat, nodes.beats, self.config.attention_temperature)
+        pooled = hier.pool_segments(note_voice, weights, nodes.beat, nodes.beats)  # (B, Tb, 4H)
+        beat = run_lstm(self.beat_lstm, pooled, nodes.beats_per_sample, grouped)  # (B, Tb, 2H)
+        inter.update(beat_weights=weights, beat_nodes=pooled, beat=beat)
+        return beat
 
-    def _measure_level(self, beat, beat_seg, beats_per_sample, locations, valid, num_measures, inter):
+    def _measure_level(self, beat, nodes: hier.NodeSegments, grouped, inter):
         """Beat nodes -> measure nodes -> measure BiLSTM; measure boundaries live in beat-node space."""
-        num_beats = beat.shape[1]
-        note_flags = hier.boundary_flags(locations["measure"], valid, self.config.boundary_rule)
-        beat_flags = hier.higher_level_flags(beat_seg, note_flags, num_beats)  # (B, Tb)
-        beat_valid = hier.valid_mask(beats_per_sample, num_beats)  # (B, Tb)
         if self.validate_inputs:
-            self._check_measure_starts(note_flags, beat_seg, num_beats)
-        meas_seg, num_per_sample, _ = hier.segment_ids(beat_flags, beat_valid, num_measures)
+            self._check_measure_starts(nodes)
         scores = self.measure_attention.similarity(beat)  # (B, Tb, h)
-        weights = hier.segment_softmax(scores, meas_seg, num_measures, self.config.attention_temperature)
-        nodes = hier.pool_segments(beat, weights, meas_seg, num_measures)  # (B, Tm, 2H)
-        measure = run_lstm(self.measure_lstm, nodes, num_per_sample)  # (B, Tm, 2H)
-        inter.update(measure_weights=weights, measure_nodes=nodes, measure=measure)
+        weights = hier.segment_softmax(scores, nodes.measure, nodes.measures, self.config.attention_temperature)
+        pooled = hier.pool_segments(beat, weights, nodes.measure, nodes.measures)  # (B, Tm, 2H)
+        measure = run_lstm(self.measure_lstm, pooled, nodes.measures_per_sample, grouped)  # (B, Tm, 2H)
+        inter.update(measure_weights=weights, measure_nodes=pooled, measure=measure)
         return measure
 
-    def _total_note_cat(self, note_voice, beat, beat_seg, measure, locations, valid):
+    def _total_note_cat(self, note_voice, beat, measure, nodes: hier.NodeSegments, locations, valid):
         """[note, voice, beat spanned, measure spanned] per note (``span_beat_to_note_num``, its length quirk too).
 
         The original spans node ``index - first index`` to each note; for the contiguous indices that
         validation guarantees under ``diff_eq_1`` that is the note's segment id at that level, and the
         notes count as many measures as the beat nodes do (measures start where beats start).
         """
-        length = beat_seg.shape[1]
+        length = nodes.beat.shape[1]
         num_measures = measure.shape[1]
-        meas_flags = hier.boundary_flags(locations["measure"], valid, self.config.boundary_rule)
-        meas_seg, _, _ = hier.segment_ids(meas_flags, valid, num_measures)  # note-level measure ids
+        note_measure, _, _ = hier.segment_ids(nodes.measure_starts, valid, num_measures)  # (B, N) measure of each note
         beat_keep = hier.valid_mask(hier.lengths_from_padded_indices(locations["beat"]), length)  # (B, N)
         meas_keep = hier.valid_mask(hier.lengths_from_padded_indices(locations["measure"]), length)  # (B, N)
-        beat_spanned = hier.span_to_notes(beat, beat_seg, beat.shape[1], beat_keep)  # (B, N, 2H)
-        meas_spanned = hier.span_to_notes(measure, meas_seg, num_measures, meas_keep)  # (B, N, 2H)
+        beat_spanned = hier.span_to_notes(beat, nodes.beat, beat.shape[1], beat_keep)  # (B, N, 2H)
+        meas_spanned = hier.span_to_notes(measure, note_measure, num_measures, meas_keep)  # (B, N, 2H)
         return torch.cat([note_voice, beat_spanned, meas_spanned], dim=-1)  # (B, N, 8H)
 
     # ------------------------------------------------------------------ input handling
@@ -389,18 +238,16 @@ class PercePianoModel(nn.Module):
             _, lengths, locations, _, _ = self._prepare(x, lengths, note_locations)
             if "measure" in locations:
                 valid = hier.valid_mask(lengths, locations["beat"].shape[1])
-                flags = hier.boundary_flags(locations["beat"], valid, self.config.boundary_rule)
-                beat_seg, _, num_beats = hier.segment_ids(flags, valid)
-                note_flags = hier.boundary_flags(locations["measure"], valid, self.config.boundary_rule)
-                self._check_measure_starts(note_flags, beat_seg, num_beats)
+                self._check_measure_starts(hier.node_segments(locations, valid, self.config.boundary_rule))
         finally:
             self.validate_inputs = saved
 
-    def _check_measure_starts(self, note_flags, beat_seg, num_beats):
+    def _check_measure_starts(self, nodes: hier.NodeSegments):
         """The original maps each measure to the beat of its first note; two measures starting in one beat
         node (or a measure starting inside the first beat) give it empty segments and misaligned weights."""
+        beat_seg, num_beats = nodes.beat, nodes.beats
         starts = torch.zeros(beat_seg.shape[0], num_beats + 1, dtype=torch.long, device=beat_seg.device)
-        starts = starts.scatter_add(1, beat_seg, note_flags.long())[:, :num_beats]  # (B, Tb)
+        starts = starts.scatter_add(1, beat_seg, nodes.measure_starts.long())[:, :num_beats]  # (B, Tb)
         bad = starts > 1  # two measures start in one beat node
         bad[:, 0] |= starts[:, 0] > 0  # a measure starts inside the first beat
         if bool(bad.any()):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from batches import make_batch
+from tiny import make_batch
 
 
 @pytest.fixture

@@ -9,17 +9,19 @@ with CUDA's sync debug mode when a GPU is present.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from batches import LEVELS, SIZES, make_batch, tiny
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny import LEVELS, SIZES, make_batch, tiny
 
 from percepiano import PRESETS, PercePianoModel
 from percepiano import hierarchy as hier
-from percepiano.data import Batch
+from percepiano.data import Batch, collate
+from percepiano.lstm import length_groups
+from percepiano.synthetic import random_sample
 from percepiano.training import TrainConfig, build_optimizer, build_scheduler, to_device, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,19 +34,9 @@ def as_batch(x, lengths, locations) -> Batch:
 
 
 def realistic_batch(input_size: int, segments: int = 8) -> Batch:
-    """``segments`` synthetic segments shaped like the dataset (``benchmarks/batches.py``: 51-413 notes, 1-7 voices)."""
-    import importlib.util
-
-    import numpy as np
-
-    from percepiano.data import collate
-
-    path = Path(__file__).parents[1] / "benchmarks" / "batches.py"
-    spec = importlib.util.spec_from_file_location("benchmark_batches", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """``segments`` synthetic segments shaped like the dataset (51-413 notes, 1-7 voices)."""
     rng = np.random.default_rng(3)
-    return collate([module.synthetic_segment(rng, input_size) for _ in range(segments)])
+    return collate([random_sample(rng, input_size) for _ in range(segments)])
 
 
 def meta_step(model: PercePianoModel, batch: Batch, shapes):
@@ -129,7 +121,7 @@ def test_voice_lstm_with_host_shapes_equals_reading_them(data):
     voice = voice * valid
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(3, 5, 2, batch_first=True, bidirectional=True)
-    from percepiano.model import run_voice_lstm
+    from percepiano.lstm import run_voice_lstm
 
     x = torch.randn(batch, width, 3) * valid[:, :, None]
     shape = hier.voice_shapes(voice, valid)
@@ -167,19 +159,17 @@ def test_cuda_training_step_does_not_synchronise(preset):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, dict(rtol=1e-12, atol=1e-13)), (torch.float32, dict(rtol=1e-5, atol=1e-6))])
 @pytest.mark.parametrize("level", LEVELS)
-def test_device_path_equals_the_cpu_shortcuts(level, dtype, tol, monkeypatch):
+def test_device_path_equals_the_cpu_shortcuts(level, dtype, tol):
     """What a GPU runs (no length groups, every row scored) gives the CPU path's outputs and gradients,
     so the parity proven on CPU carries over to the device path's arithmetic."""
-    import percepiano.model as M
-
     batch = realistic_batch(SIZES["input_size"], segments=6)
     x, lengths, locations = batch.x.to(dtype), batch.lengths, batch.note_locations
-    assert len(M.length_groups(lengths.tolist())) > 1  # the CPU path does split the rows
+    assert len(length_groups(lengths.tolist())) > 1  # the CPU path does split the rows
     torch.manual_seed(0)
     model = PercePianoModel(tiny(level)).to(dtype)
     results = []
     for shortcuts in (True, False):
-        monkeypatch.setattr(M, "CPU_SHORTCUTS", shortcuts)
+        model.cpu_shortcuts = shortcuts
         model.zero_grad()
         out = model(x, lengths, locations, return_intermediates=True)
         out.logits.square().sum().backward()

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from percepiano import PRESETS, ModelConfig, PercePianoModel
 from percepiano.convert import RENAME_POOLING, rename_table
-from percepiano.model import run_lstm
+from percepiano.lstm import run_lstm
 
-from batches import LEVELS, SIZES, make_batch, tiny
+from tiny import LEVELS, SIZES, make_batch, tiny
 
 # float64 through a few LSTMs and softmaxes: agreement to ~1e-15 is routine; 1e-10 leaves room for BLAS order.
 F64 = {"rtol": 1e-10, "atol": 1e-10}
@@ -296,21 +296,6 @@ def test_alternative_inits_are_detectable():
     assert torch.equal(xavier.pool_attention.attention_net.bias, torch.zeros(32))
 
 
-@pytest.mark.parametrize("layers, dropout", [(1, 0.0), (2, 0.0), (2, 0.3)])
-def test_unpacked_bilstm_equals_packed(layers, dropout):
-    """run_lstm computes the packed result without packing: outputs and gradients agree in float64."""
-    from percepiano.model import run_lstm_packed
-
-    lstm = torch.nn.LSTM(5, 3, layers, batch_first=True, bidirectional=True, dropout=dropout).double().eval()
-    x = torch.randn(4, 9, 5, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([9, 4, 1, 6])
-    ours, ref = run_lstm(lstm, x, lengths), run_lstm_packed(lstm, x, lengths)
-    torch.testing.assert_close(ours, ref, **F64)
-    (g_ours,) = torch.autograd.grad((ours * torch.linspace(-1, 1, 6)).sum(), x)
-    (g_ref,) = torch.autograd.grad((ref * torch.linspace(-1, 1, 6)).sum(), x)
-    torch.testing.assert_close(g_ours, g_ref, **F64)
-
-
 def test_original_checkpoint_file_loads_without_pickle(tmp_path):
     from percepiano.convert import load_original_checkpoint
 
@@ -338,18 +323,3 @@ def test_cuda_equals_cpu_in_float64(level):
     out = model.cuda()(x.cuda(), lengths.cuda(), {k: v.cuda() for k, v in loc.items()}, return_intermediates=True)
     for key, value in ref.intermediates.items():
         torch.testing.assert_close(out.intermediates[key].cpu(), value, **F64)
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.integers(0, 400), min_size=1, max_size=40), st.integers(1, 5), st.integers(0, 8))
-def test_length_groups_partition_rows_by_length(lengths, max_groups, step_cost):
-    from percepiano.model import length_groups
-
-    groups = length_groups(lengths, max_groups, step_cost)
-    assert 1 <= len(groups) <= max_groups
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    # groups hold contiguous length ranges, longest first, so each group runs only to its own longest row
-    for earlier, later in zip(groups, groups[1:]):
-        assert min(lengths[i] for i in earlier) >= max(lengths[i] for i in later)
-    cost = lambda gs: sum((len(g) + step_cost) * max(lengths[i] for i in g) for g in gs)  # noqa: E731
-    assert cost(groups) <= cost([list(range(len(lengths)))])
