@@ -367,60 +367,6 @@ def iterate_batches(
         yield data.batch(idx[b * batch_size : (b + 1) * batch_size], feature_set)
 
 
-# --------------------------------------------------------------------------------------------- synthetic
-
-
-def synthetic_arrays(n_segments: int = 24, seed: int = 0, min_notes: int = 6, max_notes: int = 24) -> dict:
-    """A small random dataset in the npz layout (for tests and examples; not PercePiano data).
-
-    Beats are contiguous (steps 0/+1, at least 4 per segment), every measure starts on a beat (3 beats per measure),
-    voices 1-3 with some 0s, labels in [0.15, 0.95] that depend linearly on the segment's mean input.
-    Splits: for both schemes the first ``n_segments // 6`` segments are test; the rest is dealt round-robin
-    into 4 folds, fold ``k`` being valid in fold ``k`` and train otherwise.
-    """
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(min_notes, max_notes + 1, size=n_segments)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    n = int(offsets[-1])
-    x = rng.standard_normal((n, INPUT_DIM)).astype(np.float32)
-    beat, measure, voice = (np.zeros(n, np.int32) for _ in range(3))
-    for i in range(n_segments):
-        s, e = offsets[i], offsets[i + 1]
-        step = rng.random(e - s) < 0.5
-        step[0], step[1:4] = False, True  # at least 4 beats, so at least 2 measures
-        b = np.cumsum(step)
-        beat[s:e] = b
-        measure[s:e] = b // 3
-        voice[s:e] = rng.choice([0, 1, 1, 2, 3], size=e - s)
-    w = rng.standard_normal((INPUT_DIM, NUM_LABELS)) / np.sqrt(INPUT_DIM)
-    seg_mean = np.stack([x[offsets[i] : offsets[i + 1]].mean(0) for i in range(n_segments)])
-    labels = np.clip(0.55 + 0.4 * np.tanh(seg_mean @ w * 2.0), 0.15, 0.95).astype(np.float32)
-    n_test = max(1, n_segments // 6)
-    split = np.zeros((n_segments, N_FOLDS), np.int8)
-    split[:n_test] = PARTS["test"]
-    for j in range(n_test, n_segments):
-        split[j, (j - n_test) % N_FOLDS] = PARTS["valid"]
-    return {
-        "segment_ids": np.array([f"synthetic_{i:04d}" for i in range(n_segments)]),
-        "offsets": offsets,
-        "input": x,
-        "feature_names": np.array([f"f{i}" for i in range(INPUT_DIM)]),
-        "note_beat": beat,
-        "note_measure": measure,
-        "note_section": np.zeros(n, np.int32),
-        "note_voice": voice.astype(np.int32),
-        "labels": labels,
-        "labels_std": np.full((n_segments, NUM_LABELS), 0.1, np.float32),
-        "label_names": np.array([f"label_{i}" for i in range(NUM_LABELS)]),
-        "composition_split": split,
-        "performer_split": split[:, ::-1].copy(),
-    }
-
-
-def synthetic_dataset(n_segments: int = 24, seed: int = 0, **kw) -> PercePianoData:
-    return PercePianoData(synthetic_arrays(n_segments, seed, **kw), f"<synthetic n={n_segments} seed={seed}>")
-
-
 # --------------------------------------------------------------------------------------------- summary
 
 

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from percepiano import baselines as B
-from percepiano.data import load_dataset, synthetic_dataset
+from percepiano.data import load_dataset
+from percepiano.synthetic import dataset as synthetic_dataset
 from percepiano.metrics import r2
-from percepiano.training import regression_targets, run_cv
+from percepiano.cv import run_cv
+from percepiano.results import load_targets
 
 pytest.importorskip("sklearn", reason="the ridge baseline needs scikit-learn")
 
@@ -79,7 +81,7 @@ def test_baseline_cv_results_format(ds, tmp_path):
 def test_real_baselines_match_recorded_values(split, tmp_path):
     """The mean and ridge baselines are deterministic: they must reproduce the values recorded in
     percepiano/resources/regression_targets.json (measured with this code, not taken from the paper)."""
-    recorded = regression_targets()["baselines"]
+    recorded = load_targets()["baselines"]
     tol = recorded["tolerance"]
     data = load_dataset(REAL)
     for name in ("mean", "ridge"):

@@ -10,6 +10,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_sequence
 
 from percepiano import data as D
+from percepiano import synthetic
 from percepiano.cli import main
 
 REAL = os.environ.get("PERCEPIANO_DATA")
@@ -24,12 +25,12 @@ def write(tmp_path, arrays, name="data.npz"):
 
 @pytest.fixture
 def arrays():
-    return D.synthetic_arrays(n_segments=12, seed=1)
+    return synthetic.dataset_arrays(n_segments=12, seed=1)
 
 
 @pytest.fixture
 def ds():
-    return D.synthetic_dataset(n_segments=20, seed=2)
+    return synthetic.dataset(n_segments=20, seed=2)
 
 
 def test_synthetic_file_loads(tmp_path, arrays):
@@ -101,8 +102,9 @@ def _split_value(a):
 
 
 def _test_differs(a):
-    a["composition_split"][0, 3] = 1  # segment 0 is test in folds 0-2 but valid in fold 3
-    return 0
+    last = len(a["segment_ids"]) - 1
+    a["composition_split"][last, 3] = 1  # the last segment is test in folds 0-2 but valid in fold 3
+    return last
 
 
 CORRUPTIONS = {
@@ -157,7 +159,7 @@ def test_bad_shapes_and_dtypes(tmp_path, arrays, mutate, array):
 
 def test_empty_segment_in_offsets(tmp_path, arrays):
     arrays["offsets"][4] = arrays["offsets"][3]  # segment 3 gets no notes
-    with pytest.raises(ValueError, match=r"'offsets', segment 'synthetic_0003' \(index 3\)"):
+    with pytest.raises(ValueError, match=r"'offsets', segment 'Synthetic_piece0_8bars_3_3' \(index 3\)"):
         D.load_dataset(write(tmp_path, arrays))
 
 

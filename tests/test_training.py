@@ -12,7 +12,9 @@ from torch import nn
 from percepiano import training as T
 from percepiano.cli import main
 from percepiano.config import get_preset
-from percepiano.data import iterate_batches, synthetic_arrays, synthetic_dataset
+from percepiano.data import iterate_batches
+from percepiano.synthetic import dataset as synthetic_dataset
+from percepiano.synthetic import dataset_arrays as synthetic_arrays
 from percepiano.metrics import r2
 
 EXACT = dict(rtol=0, atol=0)
