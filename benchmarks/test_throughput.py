@@ -56,7 +56,7 @@ def _ours(preset: str, cpu_batch, device: str):
 
 def _original(preset: str, batch, device: str):
     from reference_parity import upstream
-    from reference_parity.batches import original_samples
+    from reference_parity.inputs import original_samples
 
     up = upstream.load()
     cfg = PRESETS[preset]

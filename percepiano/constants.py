@@ -30,8 +30,9 @@ LEVEL_LOCATIONS: dict[str, tuple[str, ...]] = {
     "total_note_cat": ("voice", "beat", "measure"),
 }
 INPUT_DIM = 101  # per-note input features of the processed data
-# Which input columns each model reads: the HAN and Bi-LSTM + SA read all, the Bi-LSTM baseline the 9
-# performance-only columns (``--input_size 9`` slices 92:101 in ``dataset.py``).
+# Which input columns each model reads: the HAN and Bi-LSTM + SA read all 101, the Bi-LSTM baseline the 9
+# performance-only ones (the original writes separate ``*_perffeatonly*`` feature files; their columns equal
+# dims 92-100 of the full features).
 FEATURE_SETS: dict[str, tuple[int, ...]] = {
     "full": tuple(range(INPUT_DIM)),
     "performance_only": tuple(range(92, INPUT_DIM)),

@@ -4,6 +4,10 @@ Regenerate (from the repository root, with a checkout of the original at commit 
 
     PERCEPIANO_UPSTREAM=/path/to/PercePiano python -m reference_parity.capture
 
+Live side: needs the original checkout (through :mod:`reference_parity.upstream`); it writes what the recorded
+side (:mod:`reference_parity.recorded`, :mod:`reference_parity.compare`) reads, and imports from it, never the
+other way round.
+
 Everything recorded is numbers produced by running the original modules (imported in isolation by
 :mod:`reference_parity.upstream`); no original code is copied. Intermediates are taken by wrapping attributes of
 the loaded original module objects / registering forward hooks for the duration of one call (never by editing
@@ -31,27 +35,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import hashlib
 import io
 import json
-import os
 import platform
 import shlex
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_packed_sequence, pad_sequence
 
-from . import batches as B
-from . import upstream as U
+from percepiano import synthetic as S
 
-FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
-COMMAND = f"{U.ENV_VAR}=/path/to/PercePiano python -m reference_parity.capture"
+from . import inputs
+from . import upstream as U
+from .recorded import FIXTURE_DIR, MAX_BYTES, REGENERATE, UPSTREAM_ENV, array_specs, save_npz, sha256
+from .tolerances import DTYPES
+
 SEED = 20240607  # torch.manual_seed before building each original model of the fixtures
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Small configurations of every level, in our ModelConfig field names. Sizes are mutually distinct where the
 # original allows it: its head/pool width is 2*encoder.size (= measure size in the yml), so the level 'beat'
@@ -74,10 +76,10 @@ TRAIN_CASE = dict(input_size=5, num_heads=4, dropout=0.0, num_labels=3, level="m
                   note_layers=2, voice_layers=2, beat_layers=2, measure_layers=1,
                   note_size=4, voice_size=6, beat_size=8, measure_size=6)
 TRAIN_SEGMENTS = (
-    B.Segment(((2, 1), (1, 2, 2)), (1, 2, 1, 0, 2, 1, 2, 1), name="t0"),
-    B.Segment(((1,), (2, 2)), (1, 1, 1, 1, 3), first_beat=3, first_measure=1, name="t1"),
-    B.Segment(((3, 1, 1),), (2, 2, 1, 0, 2), first_beat=2, first_measure=4, name="t2"),
-    B.Segment(((1, 1), (2,), (1, 2)), (1, 1, 1, 2, 2, 1, 1), name="t3"),
+    S.Segment(((2, 1), (1, 2, 2)), (1, 2, 1, 0, 2, 1, 2, 1), name="t0"),
+    S.Segment(((1,), (2, 2)), (1, 1, 1, 1, 3), first_beat=3, first_measure=1, name="t1"),
+    S.Segment(((3, 1, 1),), (2, 2, 1, 0, 2), first_beat=2, first_measure=4, name="t2"),
+    S.Segment(((1, 1), (2,), (1, 2)), (1, 1, 1, 2, 2, 1, 1), name="t3"),
 )
 TRAIN_BATCHES = ((0, 1, 2), (3, 0), (1, 2, 3))  # segment indices per batch
 TRAJECTORY = dict(steps=6, batches=(0, 1, 2, 0, 1, 2), lr=1e-3, lr_step_size=2, lr_gamma=0.5)
@@ -89,25 +91,6 @@ INIT_SEEDS = (0, 1, 2, 3, 4)
 
 
 # ------------------------------------------------------------------------------------------------ utilities
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez_compressed`` format with fixed zip timestamps (byte-identical reruns); no object arrays."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-            arr = np.asarray(arrays[key])
-            if arr.dtype == object:
-                raise TypeError(f"{path.name}:{key}: object arrays are not allowed")
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asarray(arr, order="C"), allow_pickle=False)
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, buf.getvalue())
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def np_(t) -> np.ndarray:
@@ -237,7 +220,7 @@ def run_original(up, model, batch: dict, dtype, level: str, grads: bool) -> tupl
     tr = up.training()
     model.zero_grad(set_to_none=True)
     with default_dtype(dtype):
-        collated = up.collate(B.original_samples(batch, dtype))
+        collated = up.collate(inputs.original_samples(batch, dtype))
         with instrument(up, model, level) as rec:
             _, loss = tr.get_batch_result(model, collated, torch.nn.MSELoss(), "cpu", args=_args(level))
         if grads:
@@ -255,7 +238,7 @@ def batch_arrays(batch: dict, prefix="input/") -> dict:
 
 def capture_models(up, out: Path) -> list[dict]:
     entries = []
-    batch = B.stack(B.MODEL_SEGMENTS, MODEL_CASES["measure"]["input_size"], _COMMON["num_labels"], seed=SEED)
+    batch = S.stack(inputs.MODEL_SEGMENTS, MODEL_CASES["measure"]["input_size"], _COMMON["num_labels"], seed=SEED)
     for level, case in MODEL_CASES.items():
         model32 = build_original(up, case, SEED).eval()
         for dname, dtype in DTYPES.items():
@@ -271,7 +254,7 @@ def capture_models(up, out: Path) -> list[dict]:
             no_grad = sorted(n for n, _ in model.named_parameters() if n not in grads)
             entries.append({
                 "file": name, "kind": "model", "level": level, "dtype": dname, "config": case, "seed": SEED,
-                "mode": "eval", "segments": [s.name for s in B.MODEL_SEGMENTS],
+                "mode": "eval", "segments": [s.name for s in inputs.MODEL_SEGMENTS],
                 "params_without_grad": no_grad,
                 "note": "loss = MSELoss(sigmoid(logits), labels) via the original get_batch_result; grad/* after "
                         "loss.backward() in eval mode (no clipping)",
@@ -386,7 +369,7 @@ def capture_hierarchy(up, out: Path) -> dict:
             x[i, :r] = torch.randn(r, D, generator=g, dtype=torch.float64)
         return x
 
-    seg_locs = [s.locations() for s in B.MODEL_SEGMENTS[:4]]
+    seg_locs = [s.locations() for s in inputs.MODEL_SEGMENTS[:4]]
     n_max = max(len(l["beat"]) for l in seg_locs)
     pad = lambda key: [list(l[key]) + [0] * (n_max - len(l[key])) for l in seg_locs]  # noqa: E731
     n_beats = [int(l["beat"][-1] - l["beat"][0] + 1) for l in seg_locs]
@@ -542,9 +525,9 @@ def capture_training(up, out: Path) -> list[dict]:
     entries = []
     case = TRAIN_CASE
     level = case["level"]
-    batches = [B.stack([TRAIN_SEGMENTS[i] for i in idx], case["input_size"], case["num_labels"], seed=SEED + 10 + k)
+    batches = [S.stack([TRAIN_SEGMENTS[i] for i in idx], case["input_size"], case["num_labels"], seed=SEED + 10 + k)
                for k, idx in enumerate(TRAIN_BATCHES)]
-    clip_batch = B.stack([TRAIN_SEGMENTS[i] for i in TRAIN_BATCHES[0]], case["input_size"], case["num_labels"],
+    clip_batch = S.stack([TRAIN_SEGMENTS[i] for i in TRAIN_BATCHES[0]], case["input_size"], case["num_labels"],
                          seed=SEED + 10, label_scale=CLIP_LABEL_SCALE)
     model32 = build_original(up, case, SEED + 5)
     names = [n for n, _ in model32.named_parameters()]
@@ -560,7 +543,7 @@ def capture_training(up, out: Path) -> list[dict]:
                 model = copy.deepcopy(model32).to(dtype).train()
                 args = _published_args(up, multi_level=level, **overrides)
                 opt, sched = _optimizer(model, args)
-                box = _original_step(up, model, up.collate(B.original_samples(b, dtype)), opt, sched, args, 0)
+                box = _original_step(up, model, up.collate(inputs.original_samples(b, dtype)), opt, sched, args, 0)
                 pid = {id(p): n for n, p in model.named_parameters()}
                 arrays[f"{run}/loss"] = np.asarray(box["loss"])
                 arrays[f"{run}/grad_norm"] = np.asarray(box["grad_norm"])
@@ -587,7 +570,7 @@ def capture_training(up, out: Path) -> list[dict]:
             losses, lrs, norms, lrs_used = [], [], [], []
             for it, bi in enumerate(TRAJECTORY["batches"]):
                 lrs_used.append(opt.param_groups[0]["lr"])
-                box = _original_step(up, model, up.collate(B.original_samples(batches[bi], dtype)), opt, sched, args, it)
+                box = _original_step(up, model, up.collate(inputs.original_samples(batches[bi], dtype)), opt, sched, args, it)
                 losses.append(box["loss"])
                 norms.append(box["grad_norm"])
                 lrs.append(box["lr_after"])
@@ -625,8 +608,8 @@ def _lstm_stats(name: str, w: torch.Tensor):
 
 def _trained_names(up, model, level, input_size):
     """Names of parameters that receive a gradient from the loss (one tiny batch, float32)."""
-    seg = [B.Segment(((2, 1), (1, 2)), (1, 2, 1, 1, 2, 1)), B.Segment(((1, 2),), (1, 1, 0), first_beat=2, first_measure=1)]
-    b = B.stack(seg, input_size, 19, seed=0)
+    seg = [S.Segment(((2, 1), (1, 2)), (1, 2, 1, 1, 2, 1)), S.Segment(((1, 2),), (1, 1, 0), first_beat=2, first_measure=1)]
+    b = S.stack(seg, input_size, 19, seed=0)
     _, _, grads = run_original(up, model.eval(), b, torch.float32, level, grads=True)
     return set(grads)
 
@@ -814,9 +797,9 @@ def capture_config(up, out: Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reference_parity.capture", description=__doc__.splitlines()[0])
-    ap.add_argument("--upstream", default=None, help=f"original checkout (default ${U.ENV_VAR})")
+    ap.add_argument("--upstream", default=None, help=f"original checkout (default ${UPSTREAM_ENV})")
     ap.add_argument("--out", type=Path, default=FIXTURE_DIR, help="output directory (default: reference_parity/fixtures)")
-    ap.add_argument("--max-bytes", type=int, default=10 * 1024 * 1024, help="fail if the fixtures exceed this size")
+    ap.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="fail if the fixtures exceed this size")
     a = ap.parse_args(argv)
     try:
         up = U.load(a.upstream)
@@ -846,10 +829,9 @@ def main(argv=None) -> int:
         entry["bytes"] = p.stat().st_size
         total += entry["bytes"]
         if p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                entry["arrays"] = {k: [list(z[k].shape), str(z[k].dtype)] for k in z.files}
+            entry["arrays"] = array_specs(p)
     manifest = {
-        "regenerate": COMMAND,
+        "regenerate": REGENERATE,
         "original": {"repo": U.REPO_URL, "commit": U.EXPECTED_COMMIT, "verified_by": up.verification["method"],
                      "key_file_sha256": up.verification["fingerprints"], "shims": up.shims_used},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},

@@ -1,12 +1,12 @@
 """Compare our implementation with the recorded fixtures of the original (shared by the tests and the CLI).
 
-Every comparison returns :class:`Row` objects (group, tensor, max abs error, tolerance, pass/fail) so the
-``percepiano parity`` table and the pytest assertions are the same computation. Tolerances are the named
-constants below; each says why it is that size.
+Recorded side: reads the fixtures (:mod:`reference_parity.recorded`), never the original code. Every comparison
+returns :class:`Row` objects (group, tensor, max abs error, tolerance, pass/fail) so the ``percepiano parity``
+table and the pytest assertions are the same computation. Tolerances are the named constants of
+:mod:`reference_parity.tolerances`, each justified there.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,44 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
+from percepiano import synthetic as S
+from percepiano.constants import LEVELS, LOCATION_KEYS
 
-# ---------------------------------------------------------------------------------------------- tolerances
-# float64: both implementations compute the same formulas; only the order of floating-point operations differs
-# (einsum vs bmm for the similarity, one-hot matmuls vs slice sums for pooling, one packed run vs a loop over
-# voices). Observed differences are <= 2.3e-16 (a few ulps of O(1) values); 1e-12 leaves ~4 orders of magnitude
-# of headroom for longer sequences and still catches any formula difference (a wrong mask, a temperature, a
-# missing bias are >= 1e-4).
-FLOAT64_ATOL = 1e-12
-FLOAT64_RTOL = 1e-10
-# float32: the same reorderings cost a few ulps (eps = 1.2e-7) per op; through ~10 stacked LSTM/attention
-# layers on O(1) activations they accumulate (observed <= 2.4e-7 on the fixtures, more on longer live batches).
-# 1e-5 absolute is the usual float32 budget for such a depth and is still 10x below the smallest genuine
-# difference above.
-FLOAT32_ATOL = 1e-5
-FLOAT32_RTOL = 1e-4
-# Gradients are sums over the batch and over time steps, so their float32 error is larger in absolute terms
-# than the activations' (grad magnitudes up to ~1e-1 here); relative 1e-3 / absolute 1e-6 (of O(1e-2) grads).
-FLOAT32_GRAD_ATOL = 1e-6
-FLOAT32_GRAD_RTOL = 1e-3
-# Parameters after Adam steps: an update is lr * m / (sqrt(v) + eps) ~ lr per step, independent of the gradient's
-# scale, so an element whose gradient is tiny (~eps = 1e-8) turns a float32 gradient difference of ~1e-10 into an
-# update difference of up to ~lr * 1e-2. Observed 6.5e-7 after one step at lr 1e-3 (the clip case); 5e-6
-# absolute bounds <= 6 steps of lr <= 1e-3 and is still far below one update (~lr).
-FLOAT32_PARAM_ATOL = 5e-6
-FLOAT32_PARAM_RTOL = 1e-5
-FLOAT64_PARAM_ATOL = 1e-12
-# Integer outputs (boundaries, lengths) must be equal.
-EXACT = 0.0
-
-TOLERANCES = {
-    "float64": {"act": (FLOAT64_ATOL, FLOAT64_RTOL), "grad": (FLOAT64_ATOL, FLOAT64_RTOL),
-                "param": (FLOAT64_PARAM_ATOL, FLOAT64_RTOL)},
-    "float32": {"act": (FLOAT32_ATOL, FLOAT32_RTOL), "grad": (FLOAT32_GRAD_ATOL, FLOAT32_GRAD_RTOL),
-                "param": (FLOAT32_PARAM_ATOL, FLOAT32_PARAM_RTOL)},
-}
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-LEVELS = ("note", "voice", "beat", "measure", "total_note_cat")
+from . import inputs
+from .recorded import entry, load, published_config, sub
+from .tolerances import DTYPES, EXACT, FLOAT64_ATOL, FLOAT64_RTOL, TOLERANCES
 
 # Intermediates our model must produce per level (the original computes the whole encoder for every level; ours
 # builds only what the level uses, so e.g. the beat tensors do not exist at level 'note').
@@ -106,42 +74,6 @@ class Report:
         return "\n".join(out)
 
 
-# ---------------------------------------------------------------------------------------------- loading
-
-
-def load(name: str, fixture_dir: Path | None = None) -> dict[str, np.ndarray]:
-    path = Path(fixture_dir or FIXTURE_DIR) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"fixture {path} missing; regenerate with `{_command()}`")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def manifest(fixture_dir: Path | None = None) -> dict:
-    return json.loads((Path(fixture_dir or FIXTURE_DIR) / "MANIFEST.json").read_text())
-
-
-def entry(kind: str, fixture_dir: Path | None = None, **match) -> dict:
-    for e in manifest(fixture_dir)["files"]:
-        if e["kind"] == kind and all(e.get(k) == v for k, v in match.items()):
-            return e
-    raise KeyError(f"no fixture of kind {kind!r} with {match}")
-
-
-def published_config(fixture_dir: Path | None = None) -> dict:
-    return json.loads((Path(fixture_dir or FIXTURE_DIR) / "published_config.json").read_text())
-
-
-def _command() -> str:
-    from .capture import COMMAND  # noqa: PLC0415 - capture imports torch-heavy bits only when needed
-
-    return COMMAND
-
-
-def sub(arrays: dict, prefix: str) -> dict[str, np.ndarray]:
-    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
 def max_abs(a, b) -> float:
     a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
     if a.shape != b.shape:
@@ -182,7 +114,7 @@ def run_ours(cfg, arrays: dict, dtype, grads: bool = True):
     model.load_original_state_dict(params)
     x = torch.as_tensor(arrays["input/x"], dtype=dtype)
     lengths = torch.as_tensor(arrays["input/lengths"])
-    locs = {k: torch.as_tensor(arrays[f"input/{k}"]) for k in ("beat", "measure", "section", "voice")}
+    locs = {k: torch.as_tensor(arrays[f"input/{k}"]) for k in LOCATION_KEYS}
     labels = torch.as_tensor(arrays["input/labels"], dtype=dtype)
     out = model(x, lengths, locs, return_intermediates=True)
     loss = loss_fn(out.logits, labels)
@@ -410,7 +342,7 @@ def _batch(arrays, prefix, dtype):
     from percepiano.data import Batch
 
     x = torch.as_tensor(arrays[prefix + "x"], dtype=dtype)
-    locs = {k: torch.as_tensor(arrays[prefix + k]) for k in ("beat", "measure", "section", "voice")}
+    locs = {k: torch.as_tensor(arrays[prefix + k]) for k in LOCATION_KEYS}
     return Batch(x=x, lengths=torch.as_tensor(arrays[prefix + "lengths"]), note_locations=locs,
                  labels=torch.as_tensor(arrays[prefix + "labels"], dtype=dtype),
                  segment_ids=[f"s{i}" for i in range(x.shape[0])])
@@ -704,16 +636,14 @@ def _observe_training() -> dict:
     """Run 3 of our train_steps on a tiny model: how the scheduler steps and what clip_grad_norm_ receives."""
     from percepiano import PercePianoModel
     from percepiano import training
-    from . import batches as B
+    from percepiano.data import Batch
 
     torch.manual_seed(0)
     cfg = model_config(dict(input_size=3, hidden_size=4, num_heads=2, num_labels=2, level="measure", dropout=0.0))
     model = PercePianoModel(cfg)
-    seg = [B.Segment(((2, 1), (1,)), (1, 2, 1, 1)), B.Segment(((1, 1),), (1, 1), first_beat=1, first_measure=1)]
-    arr = B.stack(seg, 3, 2, seed=0)
-    from percepiano.data import Batch
-
-    x, lengths, locs, labels = B.to_torch(arr, torch.float32)
+    seg = [S.Segment(((2, 1), (1,)), (1, 2, 1, 1)), S.Segment(((1, 1),), (1, 1), first_beat=1, first_measure=1)]
+    arr = S.stack(seg, 3, 2, seed=0)
+    x, lengths, locs, labels = S.to_torch(arr, torch.float32)
     batch = Batch(x=x, lengths=lengths, note_locations=locs, labels=labels, segment_ids=["a", "b"])
     tc = training.TrainConfig(lr_step_size=1, lr_gamma=0.5, grad_clip=1e-9)
     opt = training.build_optimizer(model, tc)
@@ -737,12 +667,74 @@ def _observe_training() -> dict:
     return {"lrs": lrs, "lr0": tc.lr, "clip_calls": seen, "n_params": n_params, "max_norm": tc.grad_clip}
 
 
-def _facts() -> dict[str, object]:
-    """Our values of the code facts, each derived from running / inspecting our code."""
-    import inspect
+# Valid-label levels for the 5 epochs of one tiny train_fold run. At >= 2**25 a float32 label minus a prediction
+# in (0, 1) rounds to the label itself, so each epoch's valid loss depends on its level alone, not on the weights
+# (which do change: lr > 0): the losses fall to a minimum at epoch 3 that epoch 4 ties exactly, then rise. The
+# original (train_m2pf.py: train) keeps a checkpoint only when ``valid_loss < best_valid_loss``, so epoch 3; a
+# rule keeping ties (<=) would keep epoch 4, the last epoch 5.
+SCRIPTED_LABEL_LEVELS = (3e8, 2e8, 1e8, 1e8, 2.5e8)
+SCRIPTED_BEST_EPOCH = 3
 
-    from percepiano import data as D
+
+def _observe_model_selection() -> dict:
+    """Run our ``training.train_fold`` for 5 epochs on a tiny synthetic dataset whose valid labels are set to
+    :data:`SCRIPTED_LABEL_LEVELS` epoch by epoch: the valid losses, the epoch it reports and whether ``best.pt``
+    holds that epoch's weights (read from ``last.pt`` after each epoch)."""
+    import tempfile
+
+    from percepiano import get_preset, synthetic, training
+
+    data = synthetic.dataset(32, seed=0, min_notes=10, max_notes=12)
+    split, fold = "composition", 0
+    tcfg = training.TrainConfig(epochs=len(SCRIPTED_LABEL_LEVELS), lr=1e-2, limit_segments=2,
+                                eval_test_every_epoch=False)
+    valid = data.split_indices(split, fold, "valid")[: tcfg.limit_segments]
+    spread = 1 + np.arange(data.labels.shape[1], dtype=np.float32) / 100  # labels not constant: valid R2 is finite
+
+    def set_level(level):
+        data.labels[valid] = np.float32(level) * spread  # in place: the dataset's tensors share this memory
+
+    losses, weights = [], []  # per epoch
+    with tempfile.TemporaryDirectory(prefix="percepiano-parity-") as tmp:
+        out = Path(tmp)
+
+        def after_epoch(epoch, record):
+            losses.append(record["valid_loss"])
+            weights.append(torch.load(out / "last.pt", weights_only=True)["model_state"])
+            if epoch < len(SCRIPTED_LABEL_LEVELS):
+                set_level(SCRIPTED_LABEL_LEVELS[epoch])
+
+        set_level(SCRIPTED_LABEL_LEVELS[0])
+        result = training.train_fold(get_preset("han", hidden_size=4), tcfg, data, split, fold, out,
+                                     progress=False, on_epoch_end=after_epoch)
+        kept = torch.load(out / "best.pt", weights_only=True)
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    epoch, first_min = result["best_epoch"], int(np.argmin(losses)) + 1
+    return {
+        "valid_losses_as_scripted": losses[1] < losses[0] and losses[2] < losses[1] and losses[3] == losses[2]
+        and losses[4] > losses[3] and first_min == SCRIPTED_BEST_EPOCH,
+        "best_epoch": epoch,
+        "valid_loss_is_that_epochs": result["valid_loss"] == losses[epoch - 1],
+        "kept_weights_are_that_epochs": kept["epoch"] == epoch and same(kept["model_state"], weights[epoch - 1]),
+        "weights_change_every_epoch": not any(same(a, b) for a, b in zip(weights, weights[1:])),
+    }
+
+
+def _observe_fold_mean() -> dict:
+    """Our summary of 4 fold results with known test R2s: is the reported number their mean?"""
+    from percepiano.cv import summarize_folds
+
+    folds = [{"test_r2": r2, "per_label_test_r2": [r2, -r2], "test_mse": 0.01} for r2 in (0.1, 0.3, 0.2, 0.6)]
+    return {"reported": summarize_folds(folds)["mean_test_r2"], "mean": float(np.mean([f["test_r2"] for f in folds]))}
+
+
+def _facts() -> dict[str, object]:
+    """Our values of the code facts, each derived from running our code."""
     from percepiano import metrics, training
+    from percepiano.constants import N_FOLDS
 
     model = torch.nn.Linear(2, 2)
     tc = training.TrainConfig()
@@ -763,11 +755,12 @@ def _facts() -> dict[str, object]:
     yv, pv = rng.uniform(size=(19, 3)), rng.uniform(size=(19, 3))
     formula = sum(((yv[s:s + 8] - pv[s:s + 8]) ** 2).mean() for s in range(0, 19, 8)) / 19
     valid_ok = abs(training.original_valid_loss(yv, pv, 8) - formula) < 1e-15
-    src = inspect.getsource(training)
-    strict_min = "valid.loss < best_loss" in src
-    mean_over_folds = "r.mean()" in src
+    sel = _observe_model_selection()
+    strict_min = sel["best_epoch"] == SCRIPTED_BEST_EPOCH and all(v for k, v in sel.items() if k != "best_epoch")
+    fold_mean = _observe_fold_mean()
+    mean_over_folds = abs(fold_mean["reported"] - fold_mean["mean"]) < 1e-15
     return {
-        "n_folds": D.N_FOLDS,
+        "n_folds": N_FOLDS,
         "optimizer": type(opt).__name__ if len(g) == 1 else f"{type(opt).__name__} with {len(g)} groups",
         "adam_betas": list(g[0]["betas"]),
         "adam_eps": g[0]["eps"],
@@ -776,9 +769,10 @@ def _facts() -> dict[str, object]:
         "grad_clip_kind": "global_l2_norm_all_parameters" if clip_all else f"clip calls {obs['clip_calls']}",
         "loss": "mse_sigmoid" if abs(lossv - ref_loss) < 1e-7 else f"loss_fn gives {lossv}",
         "model_selection": "lowest_valid_loss" if valid_ok and strict_min else
-        f"valid-loss formula ok: {valid_ok}, strict minimum: {strict_min}",
+        f"valid-loss formula ok: {valid_ok}; scripted valid losses: {sel} "
+        f"(expected best_epoch {SCRIPTED_BEST_EPOCH}, the first epoch at the minimum)",
         "eval_metric": "r2_uniform_average_test_mean_over_folds" if r2_ok and mean_over_folds else
-        f"r2 = sklearn uniform average: {r2_ok}, mean over folds: {mean_over_folds}",
+        f"r2 = sklearn uniform average: {r2_ok}; fold summary {fold_mean}",
     }
 
 

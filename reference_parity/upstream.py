@@ -1,5 +1,8 @@
 """Import the ORIGINAL PercePiano modules in isolation, from a checkout named by ``PERCEPIANO_UPSTREAM``.
 
+Live side: needs that checkout. Only :mod:`reference_parity.capture`, the live tests and the side-by-side
+benchmarks import it; the recorded side (``recorded``, ``tolerances``, ``compare``) never does.
+
 The original code (GitHub JonghoKimSNU/PercePiano, commit e672299, model code in ``virtuoso/virtuoso/``) is a flat
 directory of top-level modules (``utils``, ``module``, ``parser``, ``dataset``, ``model_utils``, ``encoder_score``,
 ...) that import each other by those bare names. :func:`load` imports them without letting those names leak into
@@ -45,7 +48,8 @@ import sys
 import types
 from pathlib import Path
 
-ENV_VAR = "PERCEPIANO_UPSTREAM"
+from .recorded import UPSTREAM_ENV, sha256
+
 EXPECTED_COMMIT = "e672299"
 REPO_URL = "https://github.com/JonghoKimSNU/PercePiano"
 CODE_DIR = Path("virtuoso") / "virtuoso"  # where the model modules live, relative to the checkout root
@@ -55,7 +59,7 @@ MARKER_FILES = ("UPSTREAM_COMMIT", ".upstream_commit")  # optional: a file holdi
 
 CLONE_HINT = (
     f"get the original with `git clone {REPO_URL} && cd PercePiano && git checkout {EXPECTED_COMMIT}` "
-    f"and set {ENV_VAR}=/path/to/PercePiano (the directory that contains `virtuoso/virtuoso/model_m2pf.py`)"
+    f"and set {UPSTREAM_ENV}=/path/to/PercePiano (the directory that contains `virtuoso/virtuoso/model_m2pf.py`)"
 )
 
 # sha256 of the key files at commit e672299 (checked against `git show e672299:<path>` when recorded). A checkout
@@ -82,22 +86,14 @@ class UpstreamError(RuntimeError):
     """The original checkout is missing, incomplete, at the wrong commit, or cannot be imported."""
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_root(path: str | os.PathLike | None = None) -> Path:
     """The checkout root: ``path``, else ``$PERCEPIANO_UPSTREAM``. Accepts the root or its ``virtuoso/virtuoso``."""
-    raw = path if path is not None else os.environ.get(ENV_VAR)
+    raw = path if path is not None else os.environ.get(UPSTREAM_ENV)
     if not raw:
-        raise UpstreamError(f"no original checkout given: {ENV_VAR} is not set; {CLONE_HINT}")
+        raise UpstreamError(f"no original checkout given: {UPSTREAM_ENV} is not set; {CLONE_HINT}")
     root = Path(raw).expanduser().resolve()
     if not root.is_dir():
-        raise UpstreamError(f"original checkout {str(root)!r} (from {ENV_VAR} or --upstream) is not a directory; {CLONE_HINT}")
+        raise UpstreamError(f"original checkout {str(root)!r} (from {UPSTREAM_ENV} or --upstream) is not a directory; {CLONE_HINT}")
     if not (root / CODE_DIR).is_dir() and (root / "model_m2pf.py").is_file() and root.parent.name == "virtuoso":
         root = root.parent.parent  # given .../virtuoso/virtuoso
     return root
@@ -132,7 +128,7 @@ def verify_checkout(root: Path) -> dict:
             f"original checkout {str(root)!r} is at commit {commit[:12]!r}, expected {EXPECTED_COMMIT}; "
             f"run `git -C {root} checkout {EXPECTED_COMMIT}` (or {CLONE_HINT})"
         )
-    got = {rel: sha256_file(root / rel) for rel in FINGERPRINTS}
+    got = {rel: sha256(root / rel) for rel in FINGERPRINTS}
     bad = sorted(rel for rel in FINGERPRINTS if got[rel] != FINGERPRINTS[rel])
     if bad:
         raise UpstreamError(
@@ -368,4 +364,4 @@ def load(path: str | os.PathLike | None = None, *, verify: bool = True) -> Upstr
 
 def available() -> bool:
     """True when ``$PERCEPIANO_UPSTREAM`` is set (live tests run; they fail loudly if it is wrong)."""
-    return bool(os.environ.get(ENV_VAR))
+    return bool(os.environ.get(UPSTREAM_ENV))

@@ -19,26 +19,28 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from percepiano import ModelConfig, PercePianoModel
-from reference_parity import batches as B
+from percepiano.constants import LEVELS
+from percepiano import synthetic as S
+from reference_parity import inputs
 from reference_parity import compare as C
+from reference_parity import recorded as R
 from reference_parity import upstream as U
+from reference_parity.tolerances import FLOAT64_ATOL, FLOAT64_RTOL
 
 pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_thread")]
 
 needs_upstream = pytest.mark.skipif(
     not U.available(),
-    reason=f"live parity: set {U.ENV_VAR}=/path/to/PercePiano (a checkout of commit {U.EXPECTED_COMMIT}: "
+    reason=f"live parity: set {R.UPSTREAM_ENV}=/path/to/PercePiano (a checkout of commit {U.EXPECTED_COMMIT}: "
            f"git clone {U.REPO_URL} && git checkout {U.EXPECTED_COMMIT})",
 )
-
-
 
 
 # ------------------------------------------------------------------------------------------ loader errors (no original)
 
 
 def test_missing_checkout_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.delenv(U.ENV_VAR, raising=False)
+    monkeypatch.delenv(R.UPSTREAM_ENV, raising=False)
     with pytest.raises(U.UpstreamError, match="PERCEPIANO_UPSTREAM is not set.*git clone .*git checkout e672299"):
         U.resolve_root()
     with pytest.raises(U.UpstreamError, match="not a directory.*git clone"):
@@ -98,20 +100,20 @@ def test_recorded_fixtures_regenerate(up, tmp_path):
     from reference_parity import capture
 
     assert capture.main(["--upstream", str(up.root), "--out", str(tmp_path)]) == 0
-    man = C.manifest()
-    fresh = C.manifest(tmp_path)
+    man = R.manifest()
+    fresh = R.manifest(tmp_path)
     same_versions = fresh["versions"] == man["versions"]
     for e_old, e_new in zip(man["files"], fresh["files"]):
         assert e_old["file"] == e_new["file"]
         if same_versions:  # byte-identical on the recording environment
             assert e_old["sha256"] == e_new["sha256"], e_old["file"]
         elif e_old["file"].endswith(".npz"):  # another torch/numpy: the same numbers up to rounding
-            old, new = C.load(e_old["file"]), C.load(e_new["file"], tmp_path)
+            old, new = R.load(e_old["file"]), R.load(e_new["file"], tmp_path)
             assert old.keys() == new.keys()
             for k in old:
                 np.testing.assert_allclose(new[k], old[k], rtol=1e-5, atol=1e-6, err_msg=k)
     assert hashlib.sha256((tmp_path / "published_config.json").read_bytes()).hexdigest() == \
-        C.entry("config")["sha256"]
+        R.entry("config")["sha256"]
 
 
 @needs_upstream
@@ -119,13 +121,13 @@ def test_original_crashes_where_ours_raises_value_error(up):
     from reference_parity import capture
 
     case = capture.MODEL_CASES["measure"]
-    segs = (B.Segment(((2, 1),), (1, 1, 2), name="one measure numbered 0"),) + B.MODEL_SEGMENTS[:2]
-    batch = B.stack(segs, case["input_size"], case["num_labels"], seed=1)
+    segs = (S.Segment(((2, 1),), (1, 1, 2), name="one measure numbered 0"),) + inputs.MODEL_SEGMENTS[:2]
+    batch = S.stack(segs, case["input_size"], case["num_labels"], seed=1)
     original = capture.build_original(up, case, seed=0).eval()
     with pytest.raises(RuntimeError):
         capture.run_original(up, original, batch, torch.float64, "measure", grads=False)
     ours = PercePianoModel(ModelConfig(**case)).double().eval()
-    x, lengths, locs, _ = B.to_torch(batch, torch.float64)
+    x, lengths, locs, _ = S.to_torch(batch, torch.float64)
     with pytest.raises(ValueError):
         ours(x, lengths, locs)
 
@@ -138,16 +140,16 @@ def test_original_mishandles_one_note_segments(up):
     Ours raises ValueError at that level and is unaffected at the others."""
     from reference_parity import capture
 
-    one_note = B.Segment(((1,),), (1,), first_beat=1, first_measure=2)
-    segs = (one_note, B.Segment(((1, 1),), (1, 1), first_beat=0, first_measure=1))
+    one_note = S.Segment(((1,),), (1,), first_beat=1, first_measure=2)
+    segs = (one_note, S.Segment(((1, 1),), (1, 1), first_beat=0, first_measure=1))
     for level in ("note", "total_note_cat"):
         case = capture.MODEL_CASES[level]
-        batch = B.stack(segs, case["input_size"], case["num_labels"], seed=1)
+        batch = S.stack(segs, case["input_size"], case["num_labels"], seed=1)
         original = capture.build_original(up, case, seed=0).double().eval()
         with pytest.raises(IndexError):  # measure index 0 - 2 = -2 on a one-measure axis
             capture.run_original(up, original, batch, torch.float64, level, grads=False)
         ours = PercePianoModel(ModelConfig(**case)).double().eval()
-        x, lengths, locs, _ = B.to_torch(batch, torch.float64)
+        x, lengths, locs, _ = S.to_torch(batch, torch.float64)
         if level == "total_note_cat":
             with pytest.raises(ValueError, match="row 0 has one note"):
                 ours(x, lengths, locs)
@@ -165,7 +167,7 @@ def segment(draw):
     # a single beat (measure) numbered 0 makes the original crash (tested above), so those start at >= 1
     first_beat = draw(st.integers(1 if n_beats == 1 else 0, 6))
     first_measure = draw(st.integers(1 if n_measures == 1 else 0, 4))
-    return B.Segment(measures, voices, first_beat=first_beat, first_measure=first_measure)
+    return S.Segment(measures, voices, first_beat=first_beat, first_measure=first_measure)
 
 
 _ORIGINALS: dict = {}
@@ -181,7 +183,7 @@ def _original(up, level):
 
 @needs_upstream
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(level=st.sampled_from(C.LEVELS),
+@given(level=st.sampled_from(LEVELS),
        # one-note segments make the original crash or span the wrong nodes (tested above)
        segs=st.lists(segment().filter(lambda g: g.num_notes >= 2), min_size=1, max_size=4),
        seed=st.integers(0, 2 ** 16))
@@ -189,13 +191,13 @@ def test_hypothesis_batches_match_the_original(up, level, segs, seed):
     from reference_parity import capture
 
     case = capture.MODEL_CASES[level]
-    batch = B.stack(segs, case["input_size"], case["num_labels"], seed=seed)
+    batch = S.stack(segs, case["input_size"], case["num_labels"], seed=seed)
     original = _original(up, level)
     ref, ref_loss, ref_grads = capture.run_original(up, original, batch, torch.float64, level, grads=True)
     arrays = {f"param/{k}": v.detach().numpy() for k, v in original.state_dict().items()}
     arrays.update({f"input/{k}": v for k, v in batch.items()})
     inter, loss, grads = C.run_ours(ModelConfig(**case), arrays, torch.float64)
-    t = {"atol": C.FLOAT64_ATOL, "rtol": C.FLOAT64_RTOL}
+    t = {"atol": FLOAT64_ATOL, "rtol": FLOAT64_RTOL}
     for name in C.REQUIRED[level]:
         assert_close(inter[name], torch.as_tensor(ref[name]), **t, msg=lambda m, n=name: f"{level}/{n}: {m}")
     assert_close(loss, torch.tensor(ref_loss, dtype=torch.float64), **t)

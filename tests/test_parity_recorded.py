@@ -2,13 +2,12 @@
 
 No original code is needed: the fixtures hold what the original computed (see reference_parity/README.md for
 how they were recorded and how to regenerate them). Tolerances are the named constants of
-:mod:`reference_parity.compare`, each justified there.
+:mod:`reference_parity.tolerances`, each justified there.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -18,15 +17,16 @@ from torch.testing import assert_close
 from percepiano import ModelConfig, PercePianoModel, get_preset
 from percepiano import hierarchy as H
 from percepiano.config import describe_deviations
+from percepiano.constants import LEVELS
 from reference_parity import compare as C
+from reference_parity import recorded as R
+from reference_parity.tolerances import DTYPES, TOLERANCES
 
 pytestmark = [pytest.mark.parity, pytest.mark.usefixtures("one_thread")]
 
 
-
-
 def tol(dtype_name: str, kind: str = "act") -> dict:
-    atol, rtol = C.TOLERANCES[dtype_name][kind]
+    atol, rtol = TOLERANCES[dtype_name][kind]
     return {"atol": atol, "rtol": rtol}
 
 
@@ -34,28 +34,30 @@ def tol(dtype_name: str, kind: str = "act") -> dict:
 
 
 def test_fixtures_are_complete_small_and_pickle_free():
-    man = C.manifest()
+    man = R.manifest()
     assert man["original"]["commit"] == "e672299"
-    assert man["regenerate"] == "PERCEPIANO_UPSTREAM=/path/to/PercePiano python -m reference_parity.capture"
-    total = 0
-    for e in man["files"]:
-        path = C.FIXTURE_DIR / e["file"]
-        data = path.read_bytes()
-        assert hashlib.sha256(data).hexdigest() == e["sha256"], f"{e['file']} changed since it was recorded"
-        total += len(data)
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:  # raises on object arrays
-                assert {k: [list(z[k].shape), str(z[k].dtype)] for k in z.files} == e["arrays"]
-    assert total < 10 * 1024 * 1024
+    assert man["regenerate"] == R.REGENERATE == "PERCEPIANO_UPSTREAM=/path/to/PercePiano python -m reference_parity.capture"
+    assert R.integrity_problems() == []  # sha256, array shapes and dtypes (no object arrays), total size
     kinds = {e["kind"] for e in man["files"]}
     assert kinds == {"config", "model", "hierarchy", "attention", "training", "init"}
     assert {(e["level"], e["dtype"]) for e in man["files"] if e["kind"] == "model"} == {
-        (lv, d) for lv in C.LEVELS for d in ("float32", "float64")}
+        (lv, d) for lv in LEVELS for d in ("float32", "float64")}
+
+
+def test_integrity_check_finds_a_changed_fixture(tmp_path):
+    shutil.copytree(R.FIXTURE_DIR, tmp_path, dirs_exist_ok=True)
+    arrays = R.load("attention.npz", tmp_path)
+    arrays["extra"] = np.zeros(1)
+    R.save_npz(tmp_path / "attention.npz", arrays)
+    (tmp_path / "hierarchy.npz").unlink()
+    assert set(R.integrity_problems(tmp_path)) == {
+        "attention.npz: changed since it was recorded (sha256)", "attention.npz: arrays differ from MANIFEST.json",
+        "hierarchy.npz: missing"}
 
 
 def test_no_absolute_paths_in_recorded_json():
     for name in ("MANIFEST.json", "published_config.json"):
-        text = (C.FIXTURE_DIR / name).read_text()
+        text = (R.FIXTURE_DIR / name).read_text()
         assert not re.search(r'"/(root|home|work|tmp|Users)/', text), name
 
 
@@ -74,7 +76,7 @@ def test_published_value(name, facts):
 
 
 def test_config_table_covers_the_resolved_original_args():
-    cfg = C.published_config()
+    cfg = R.published_config()
     resolved = cfg["argparse_resolved"]
     # the values that make up the published run, read back from the original parser (script flag or default)
     assert resolved["lr"]["value"] == 2.5e-5 and "script flag" in resolved["lr"]["source"]
@@ -141,7 +143,7 @@ def test_hierarchy_utilities(kind):
 
 
 def test_boundaries_diff_eq_1_equal_and_diff_gt_0_differ_exactly_at_jumps():
-    arrays = C.load("hierarchy.npz")
+    arrays = R.load("hierarchy.npz")
     cases = [c for c in C._cases().values() if c["key"].startswith("find_boundaries/")]
     jumps_seen = 0
     for c in cases:
@@ -168,8 +170,8 @@ def test_original_crash_cases_raise_value_error_in_our_model():
     # a segment within a single measure numbered 0 crashes the original (recorded: make_higher_node raises)
     c = C._cases()["make_higher_node/beat_to_measure_one_measure_at_zero_raises"]
     assert c["raises"].startswith("RuntimeError")
-    e = C.entry("model", level="measure", dtype="float64")
-    arrays = C.load(e["file"])
+    e = R.entry("model", level="measure", dtype="float64")
+    arrays = R.load(e["file"])
     model = PercePianoModel(ModelConfig(**e["config"])).double().eval()
     x = torch.as_tensor(arrays["input/x"])
     locs = {k: torch.as_tensor(arrays[f"input/{k}"]).clone() for k in ("beat", "measure", "section", "voice")}
@@ -183,13 +185,13 @@ def test_original_crash_cases_raise_value_error_in_our_model():
 # ------------------------------------------------------------------------------------------ attention / temperature
 
 
-@pytest.mark.parametrize("case", [c["key"] for c in C.entry("attention")["cases"]])
+@pytest.mark.parametrize("case", [c["key"] for c in R.entry("attention")["cases"]])
 def test_context_attention(case):
     from percepiano.layers import ContextAttention
 
-    arrays, c = C.load("attention.npz"), next(c for c in C.entry("attention")["cases"] if c["key"] == case)
+    arrays, c = R.load("attention.npz"), next(c for c in R.entry("attention")["cases"] if c["key"] == case)
     dname = case.rsplit("/", 1)[1]
-    dtype = C.DTYPES[dname]
+    dtype = DTYPES[dname]
     att = ContextAttention(c["size"], c["num_heads"]).to(dtype)
     with torch.no_grad():
         for name in ("attention_net.weight", "attention_net.bias", "context_vector"):
@@ -227,19 +229,19 @@ def test_temperature_original_has_none_and_any_other_is_a_reported_deviation():
 def model_runs():
     """Our model on every level / dtype fixture with the original's weights (computed once)."""
     out = {}
-    for level in C.LEVELS:
+    for level in LEVELS:
         for dname in ("float64", "float32"):
-            e = C.entry("model", level=level, dtype=dname)
-            arrays = C.load(e["file"])
-            out[level, dname] = (arrays, *C.run_ours(ModelConfig(**e["config"]), arrays, C.DTYPES[dname]))
+            e = R.entry("model", level=level, dtype=dname)
+            arrays = R.load(e["file"])
+            out[level, dname] = (arrays, *C.run_ours(ModelConfig(**e["config"]), arrays, DTYPES[dname]))
     return out
 
 
 @pytest.mark.parametrize("dname", ["float64", "float32"])
-@pytest.mark.parametrize("level", C.LEVELS)
+@pytest.mark.parametrize("level", LEVELS)
 def test_every_intermediate(level, dname, model_runs):
     arrays, inter, _, _ = model_runs[level, dname]
-    ref = C.sub(arrays, "out/")
+    ref = R.sub(arrays, "out/")
     missing = [k for k in C.REQUIRED[level] if k not in inter]
     assert not missing, f"our model does not expose {missing}"
     compared = []
@@ -251,18 +253,18 @@ def test_every_intermediate(level, dname, model_runs):
 
 
 @pytest.mark.parametrize("dname", ["float64", "float32"])
-@pytest.mark.parametrize("level", C.LEVELS)
+@pytest.mark.parametrize("level", LEVELS)
 def test_logits_loss_and_gradients(level, dname, model_runs):
     arrays, inter, loss, grads = model_runs[level, dname]
     assert_close(inter["logits"], torch.as_tensor(arrays["out/logits"]), **tol(dname))
     assert_close(loss, torch.as_tensor(arrays["loss"]).to(loss.dtype).reshape(()), **tol(dname))
-    ref = C.sub(arrays, "grad/")
+    ref = R.sub(arrays, "grad/")
     assert len(ref) > 20
     for name, g in ref.items():
         assert grads.get(name) is not None, f"{level}: no gradient for {name} in ours"
         assert_close(grads[name], torch.as_tensor(g), **tol(dname, "grad"), msg=lambda m, n=name: f"{level}/{n}: {m}")
     # what never gets a gradient in the original is not a trained parameter of ours either
-    no_grad = set(C.entry("model", level=level, dtype=dname)["params_without_grad"])
+    no_grad = set(R.entry("model", level=level, dtype=dname)["params_without_grad"])
     assert not (no_grad & {n for n, g in grads.items() if g is not None and bool(g.abs().max() > 0)})
 
 

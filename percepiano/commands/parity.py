@@ -9,6 +9,10 @@ Prints a table per level and tensor (max abs error, tolerance, pass/fail) for th
 in float64 and float32, hierarchy utilities, ContextAttention, training steps, init laws, published config),
 then the deviations of the chosen configuration and what each one changes. Exits 1 if any parity check fails
 (deviations of the chosen configuration are reported, not failures).
+
+Only ``--upstream`` needs the original checkout: it records fresh fixtures with ``reference_parity.capture``
+(the live side) into a temporary directory; everything else reads the recorded fixtures
+(``reference_parity.recorded``, ``reference_parity.compare``).
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    from ..config import BOUNDARY_RULES, INITS, LEVELS, PRESETS
+    from ..config import PRESETS
+    from ..constants import BOUNDARY_RULES, INITS, LEVELS
 
     p = subparsers.add_parser("parity", help="layer-by-layer comparison with the original code (recorded fixtures)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,17 +43,21 @@ def register(subparsers) -> None:
 def cmd_parity(args) -> int:
     import torch
 
-    from ..config import describe_deviations, get_preset
     from reference_parity import compare as C
+    from reference_parity import recorded
+    from reference_parity.tolerances import DTYPES
+
+    from ..config import describe_deviations, get_preset
+    from ..constants import LEVELS
 
     levels = [lv for lv in args.levels.split(",") if lv]
     dtypes = [d for d in args.dtypes.split(",") if d]
     for lv in levels:
-        if lv not in C.LEVELS:
-            raise ValueError(f"--levels: unknown level {lv!r}; expected some of {C.LEVELS}")
+        if lv not in LEVELS:
+            raise ValueError(f"--levels: unknown level {lv!r}; expected some of {LEVELS}")
     for d in dtypes:
-        if d not in C.DTYPES:
-            raise ValueError(f"--dtypes: unknown dtype {d!r}; expected some of {sorted(C.DTYPES)}")
+        if d not in DTYPES:
+            raise ValueError(f"--dtypes: unknown dtype {d!r}; expected some of {sorted(DTYPES)}")
     overrides = {k: v for k, v in (("boundary_rule", args.boundary_rule), ("attention_temperature", args.attention_temperature),
                                    ("init", args.init)) if v is not None}
     cfg = get_preset(args.preset or "han", **overrides)  # raises ValueError on invalid values
@@ -59,7 +68,7 @@ def cmd_parity(args) -> int:
     try:
         fixture_dir = args.fixtures
         if args.upstream:
-            from reference_parity import capture
+            from reference_parity import capture  # the live side: needs the original checkout
 
             tmp = tempfile.TemporaryDirectory(prefix="percepiano-parity-")
             print(f"recording fresh fixtures from the original at {args.upstream} ...", file=sys.stderr)
@@ -69,7 +78,7 @@ def cmd_parity(args) -> int:
             fixture_dir = Path(tmp.name)
         elif fixture_dir is not None and not (fixture_dir / "MANIFEST.json").is_file():
             raise FileNotFoundError(f"--fixtures {fixture_dir}: no MANIFEST.json there")
-        man = C.manifest(fixture_dir)
+        man = recorded.manifest(fixture_dir)
         print(f"percepiano parity: original {man['original']['repo']} @ {man['original']['commit']} "
               f"({'live' if args.upstream else 'recorded'} fixtures; recorded with torch {man['versions']['torch']})")
         report = C.run_all(fixture_dir, levels=levels, dtypes=dtypes)
