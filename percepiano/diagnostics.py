@@ -20,11 +20,8 @@ Nothing here changes a model or trains; every function reads tensors, arrays or 
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -32,6 +29,8 @@ import torch
 
 from . import hierarchy as hier
 from .config import DEVIATION_NOTES, ORIGINAL_BEHAVIOUR, ModelConfig, describe_deviations
+from .constants import N_FOLDS
+from .results import fold_spread, load_results, metric_value, per_label_mean, target_for
 
 # A label is "collapsed" when its predictions vary less than this fraction of the labels' own spread.
 # Rationale: for calibrated predictions E[y|x], std(pred)/std(y) = sqrt(R²) for that label, so a ratio of 0.2
@@ -354,86 +353,8 @@ def collapsed_labels(rows: Sequence[SpreadRow]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Results files and the hierarchy gain
+# Hierarchy gain
 # ---------------------------------------------------------------------------------------------------------
-def load_results(path_or_results: str | os.PathLike | Mapping) -> dict:
-    """A ``results.json`` as a dict; accepts the file, its run directory, or an already loaded dict."""
-    if isinstance(path_or_results, Mapping):
-        return dict(path_or_results)
-    p = Path(path_or_results)
-    if p.is_dir():
-        p = p / "results.json"
-    if not p.is_file():
-        raise FileNotFoundError(f"results file not found: {p}")
-    with open(p, encoding="utf-8") as fh:
-        res = json.load(fh)
-    for key in ("mean_test_r2", "folds"):
-        if key not in res:
-            raise ValueError(f"{p}: not a `percepiano cv` results file (missing {key!r})")
-    res.setdefault("_path", str(p))
-    return res
-
-
-def fold_values(results: Mapping, label: str | None = None) -> np.ndarray:
-    """Per-fold test R² (of one label when ``label`` is given), in fold order."""
-    vals = []
-    for f in results["folds"]:
-        if label is None:
-            vals.append(float(f["test_r2"]))
-        else:
-            per = f["per_label_test_r2"]
-            vals.append(float(per[label] if isinstance(per, Mapping) else per[label_index(results, label)]))
-    return np.asarray(vals, dtype=np.float64)
-
-
-def fold_spread(results: Mapping, label: str | None = None) -> float:
-    """Standard deviation over folds of the test R² (population std, ddof 0: the ``fold_std`` that
-    ``percepiano cv`` writes into results.json); 0 for a single fold."""
-    v = fold_values(results, label)
-    return float(v.std()) if len(v) > 1 else 0.0
-
-
-def metric_value(results: Mapping, label: str | None = None) -> float:
-    """``mean_test_r2``, or the mean over folds of one label's test R²."""
-    if label is None:
-        return float(results["mean_test_r2"])
-    return float(fold_values(results, label).mean())
-
-
-def label_names_of(results: Mapping) -> list[str]:
-    names = results.get("label_names")
-    if names:
-        return [str(n) for n in names]
-    per = results["folds"][0].get("per_label_test_r2", {})
-    return list(per) if isinstance(per, Mapping) else [str(i) for i in range(len(per))]
-
-
-def resolve_label(results: Mapping, label: str) -> str:
-    """The exact label name for ``label``: exact, case-insensitive, an index, or a unique substring."""
-    names = label_names_of(results)
-    if label in names:
-        return label
-    if label.isdigit() and int(label) < len(names):
-        return names[int(label)]
-    low = [n.lower() for n in names]
-    if label.lower() in low:
-        return names[low.index(label.lower())]
-    hits = [n for n in names if label.lower() in n.lower()]
-    if len(hits) == 1:
-        return hits[0]
-    what = f"matches several labels {hits}" if hits else "matches no label"
-    raise ValueError(f"label {label!r} {what}; labels: {names}")
-
-
-def label_index(results: Mapping, label: str) -> int:
-    return label_names_of(results).index(resolve_label(results, label))
-
-
-def per_label_mean(results: Mapping) -> dict[str, float]:
-    """Mean over folds of every label's test R²."""
-    return {n: metric_value(results, n) for n in label_names_of(results)}
-
-
 @dataclass(frozen=True)
 class HierarchyGain:
     split: str
@@ -481,41 +402,6 @@ def hierarchy_gain(han, bilstm_sa, *, targets: Mapping | None = None, check_pres
         per_label_gain={n: la[n] - lb[n] for n in la if n in lb},
         paper_gain=paper,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Published targets
-# ---------------------------------------------------------------------------------------------------------
-def targets_path() -> Path:
-    return Path(__file__).parent / "resources" / "regression_targets.json"
-
-
-def load_targets(path: str | os.PathLike | None = None) -> dict:
-    """The published R² targets (``percepiano/resources/regression_targets.json`` unless ``path`` is given)."""
-    p = Path(path) if path is not None else targets_path()
-    if not p.is_file():
-        raise FileNotFoundError(f"regression targets not found: {p}")
-    with open(p, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def target_for(targets: Mapping, split: str, preset: str) -> float | None:
-    """Published mean test R² of ``preset`` on ``split``, or None when the paper gives none.
-
-    Reads ``targets[split][preset]`` (a number, or a dict with ``r2``/``mean_test_r2``/``target``), also under a
-    top-level ``targets`` key.
-    """
-    root = targets.get("targets", targets) if isinstance(targets, Mapping) else {}
-    entry = root.get(split, {}) if isinstance(root, Mapping) else {}
-    val = entry.get(preset) if isinstance(entry, Mapping) else None
-    if isinstance(val, Mapping):
-        for key in ("mean_test_r2", "r2", "target"):
-            if key in val:
-                val = val[key]
-                break
-        else:
-            val = None
-    return None if val is None else float(val)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -571,7 +457,8 @@ def run_deviations(results: Mapping) -> list[RunDeviation]:
     """Everything in a results.json that differs from the published run of its preset: the named model
     deviations (:func:`config_deviations`), other model fields that differ from the preset (sizes, layers,
     heads), training-protocol fields that differ from :class:`percepiano.training.TrainConfig` defaults, and
-    a run over fewer than 4 folds. Empty for a faithful run; baselines (no model config) give an empty list."""
+    a run over fewer than :data:`~percepiano.constants.N_FOLDS` folds. Empty for a faithful run; baselines
+    (no model config) give an empty list."""
     from .config import PRESETS
 
     cfg = results.get("config") or {}
@@ -598,8 +485,8 @@ def run_deviations(results: Mapping) -> list[RunDeviation]:
             if k in ref and ref[k] != v and k not in NEUTRAL_TRAIN_FIELDS:
                 out.append(RunDeviation("training protocol", k, v, ref[k], "differs from the original protocol (reference_spec §1.2, §5)"))
     n_folds = len(results.get("folds", []))
-    if n_folds and n_folds != 4:
-        out.append(RunDeviation("folds", "n_folds", n_folds, 4, "the paper's number is the mean over all 4 folds"))
+    if n_folds and n_folds != N_FOLDS:
+        out.append(RunDeviation("folds", "n_folds", n_folds, N_FOLDS, f"the paper's number is the mean over all {N_FOLDS} folds"))
     return out
 
 

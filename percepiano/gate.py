@@ -28,21 +28,22 @@ from typing import Mapping
 
 import numpy as np
 
-from .diagnostics import (
+from .constants import N_FOLDS, PROTOCOL_EPOCHS
+from .results import (
     fold_spread,
     fold_values,
     load_results,
     load_targets,
     metric_value,
     resolve_label,
+    sibling_results,
     target_for,
+    target_tolerance,
 )
 
 # Allowed shortfall below a published target when neither --tolerance nor the targets file gives one.
 DEFAULT_TOLERANCE = 0.02
-# The original protocol (reference_spec §1.2, §6.2); a run with fewer folds or epochs is flagged as not comparable.
-PROTOCOL_FOLDS = 4
-PROTOCOL_EPOCHS = 100
+# The baseline a run must beat (the stronger of constants.BASELINES).
 BASELINE_PRESET = "ridge"
 
 
@@ -70,33 +71,13 @@ class GateResult:
         return 0 if self.passed and not self.baseline_failed else 1
 
 
-def _target_entry(targets: Mapping, split: str, preset: str):
-    root = targets.get("targets", targets)
-    entry = root.get(split, {}).get(preset) if isinstance(root.get(split), Mapping) else None
-    return entry if isinstance(entry, Mapping) else {}
-
-
-def _per_label_target(targets: Mapping, split: str, preset: str, label: str) -> float | None:
-    per = _target_entry(targets, split, preset).get("per_label")
-    return float(per[label]) if isinstance(per, Mapping) and label in per else None
-
-
 def find_baseline(results: Mapping, preset: str = BASELINE_PRESET) -> Path | None:
     """Default baseline: a sibling run directory of ``results`` whose results.json has ``preset`` and the same split."""
     path = results.get("_path")
     if not path:
         return None
-    run_dir = Path(path).parent
-    for cand in sorted(run_dir.parent.glob("*/results.json")):
-        if cand.parent == run_dir:
-            continue
-        try:
-            other = load_results(cand)
-        except (ValueError, OSError):
-            continue
-        if other.get("preset") == preset and other.get("split") == results.get("split"):
-            return cand
-    return None
+    found = sibling_results([Path(path).parent], [preset], [results.get("split")])
+    return Path(found[0]["_path"]) if found else None
 
 
 def gate(
@@ -119,17 +100,14 @@ def gate(
 
     if against == "targets":
         targets = load_targets(targets_file)
-        if name is None:
-            reference = target_for(targets, split, preset)
-        else:
-            reference = _per_label_target(targets, split, preset, name)
+        reference = target_for(targets, split, preset, name)
         if reference is None:
             what = f"per-label target for {name!r}" if name else "target"
             raise ValueError(
                 f"the targets file has no {what} for preset {preset!r} on split {split!r}; "
                 "gate against a previous round's results.json instead"
             )
-        file_tol = _target_entry(targets, split, preset).get("tolerance", targets.get("targets", targets).get("tolerance"))
+        file_tol = target_tolerance(targets, split, preset)
         if tolerance is not None:
             allowed, allowed_from = float(tolerance), "--tolerance"
         elif file_tol is not None:
@@ -156,8 +134,8 @@ def gate(
 
     passed = value >= reference - allowed - 1e-12  # equal runs pass; tiny float noise ignored
     n_folds = len(run["folds"])
-    if n_folds < PROTOCOL_FOLDS:
-        notes.append(f"this run has {n_folds} fold(s), the original protocol {PROTOCOL_FOLDS}: not comparable with the paper")
+    if n_folds < N_FOLDS:
+        notes.append(f"this run has {n_folds} fold(s), the original protocol {N_FOLDS}: not comparable with the paper")
     if run.get("epochs") is not None and int(run["epochs"]) < PROTOCOL_EPOCHS:
         notes.append(f"this run trained {run['epochs']} epochs, the original protocol {PROTOCOL_EPOCHS}")
     limit = ((run.get("config") or {}).get("train") or {}).get("limit_segments")

@@ -5,6 +5,8 @@ spread, collapsed labels), training curves, per-label test R², predicted vs tru
 detector's spread ratio), hierarchy gain (when a ``han`` and a ``bilstm_sa`` run of the same split are given),
 attention heatmaps of one segment at beat and measure level (needs a checkpoint and the dataset; otherwise the
 section says why it is skipped), and the deviations from the original each run's config carries.
+:func:`build_report` writes them in that order, one function per section, into a
+:class:`percepiano.document.Document`.
 
 matplotlib is an optional extra (``pip install 'percepiano[report]'``), imported only when plotting, with the
 Agg backend (no display needed) unless the caller already chose one (a notebook's inline backend). The
@@ -12,7 +14,6 @@ Agg backend (no display needed) unless the caller already chose one (a notebook'
 """
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -25,12 +26,21 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import diagnostics as diag
+from .constants import BASELINES, N_FOLDS, PARTS, PROTOCOL_EPOCHS, SPLIT_SCHEMES
+from .document import Document, slug
+from .gate import BASELINE_PRESET
+from .results import (
+    fold_spread,
+    label_names_of,
+    load_predictions,
+    load_results,
+    load_targets,
+    per_label_mean,
+    sibling_results,
+    target_for,
+)
 
-BASELINE_PRESETS = ("mean", "ridge")
 FOLD_DIR = re.compile(r"fold[_-]?(\d+)$")
-PRED_KEYS = ("predictions", "prediction", "pred", "preds", "y_pred", "test_pred")
-LABEL_KEYS = ("labels", "targets", "target", "y_true", "y")
-ID_KEYS = ("segment_ids", "ids", "segments")
 
 
 def _plt():
@@ -84,11 +94,11 @@ class Run:
 
     @property
     def label_names(self) -> list[str]:
-        return diag.label_names_of(self.results)
+        return label_names_of(self.results)
 
     @property
     def is_baseline(self) -> bool:
-        return self.preset in BASELINE_PRESETS
+        return self.preset in BASELINES
 
     def test_predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """All folds' test predictions stacked: (pred (n, L), labels (n, L), fold (n,)); None if none saved."""
@@ -99,27 +109,6 @@ class Run:
         lab = np.concatenate([p["labels"] for p, _ in parts])
         fold = np.concatenate([np.full(len(p["predictions"]), k) for p, k in parts])
         return pred, lab, fold
-
-
-def _find_key(z, keys, path, what):
-    for k in keys:
-        if k in z.files:
-            return z[k]
-    raise ValueError(f"{path}: no {what} array (looked for {list(keys)}; has {z.files})")
-
-
-def load_predictions(path: str | os.PathLike) -> dict:
-    """Per-segment predictions saved by ``percepiano cv`` (npz, no pickle)."""
-    with np.load(path, allow_pickle=False) as z:
-        out = {
-            "predictions": np.asarray(_find_key(z, PRED_KEYS, path, "predictions"), dtype=np.float64),
-            "labels": np.asarray(_find_key(z, LABEL_KEYS, path, "labels"), dtype=np.float64),
-        }
-        ids = next((z[k] for k in ID_KEYS if k in z.files), None)
-    out["segment_ids"] = [str(s) for s in ids] if ids is not None else [str(i) for i in range(len(out["labels"]))]
-    if out["predictions"].shape != out["labels"].shape:
-        raise ValueError(f"{path}: predictions {out['predictions'].shape} and labels {out['labels'].shape} differ")
-    return out
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -155,7 +144,7 @@ def _pick(files: list[Path], prefer: str) -> Path | None:
 
 def load_run(path: str | os.PathLike) -> Run:
     """A run directory (or its results.json) with every fold's log, test predictions and checkpoint."""
-    results = diag.load_results(path)
+    results = load_results(path)
     run_dir = Path(results["_path"]).parent
     folds = []
     for i, entry in enumerate(results["folds"]):
@@ -175,21 +164,8 @@ def load_run(path: str | os.PathLike) -> Run:
 
 def find_baseline_runs(runs: Sequence[Run]) -> list[Run]:
     """``mean``/``ridge`` runs of the same splits found next to the given runs (sibling directories)."""
-    have = {r.dir.resolve() for r in runs}
-    splits = {r.split for r in runs}
-    found = []
-    for parent in sorted({r.dir.parent for r in runs}):
-        for cand in sorted(parent.glob("*/results.json")):
-            if cand.parent.resolve() in have:
-                continue
-            try:
-                res = diag.load_results(cand)
-            except (ValueError, OSError):
-                continue
-            if res.get("preset") in BASELINE_PRESETS and res.get("split") in splits:
-                found.append(load_run(cand))
-                have.add(cand.parent.resolve())
-    return found
+    found = sibling_results([r.dir for r in runs], BASELINES, {r.split for r in runs})
+    return [load_run(res["_path"]) for res in found]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,7 +235,7 @@ def per_label_figure(runs: Sequence[Run], targets: Mapping | None = None):
     ypos = np.arange(n)
     hi = 0.1
     for j, run in enumerate(runs):
-        per = diag.per_label_mean(run.results)
+        per = per_label_mean(run.results)
         vals = np.array([per.get(nm, np.nan) for nm in names], dtype=float)
         hi = max(hi, float(np.nanmax(vals)) if np.isfinite(vals).any() else hi)
         c = colors(j % 10)
@@ -274,7 +250,7 @@ def per_label_figure(runs: Sequence[Run], targets: Mapping | None = None):
         mean = run.results["mean_test_r2"]
         if mean >= R2_AXIS_MIN:
             ax.axvline(mean, color=c, ls=":", lw=1.2)
-        t = diag.target_for(targets, run.split, run.preset) if targets else None
+        t = target_for(targets, run.split, run.preset) if targets else None
         if t is not None:
             ax.axvline(t, color=c, ls="--", lw=1.5, label=f"published {run.preset}/{run.split}: {t:.3f}")
             hi = max(hi, t)
@@ -309,7 +285,7 @@ def scatter_figure(run: Run, spread: Sequence[diag.SpreadRow] | None = None):
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.06, top=0.9, wspace=0.28, hspace=0.62)
     cmap = plt.get_cmap("tab10")
     point_colors = cmap(fold.astype(int) % 10)
-    r2 = diag.per_label_mean(run.results)
+    r2 = per_label_mean(run.results)
     by_label = {s.label: s for s in spread} if spread else {}
     for j, name in enumerate(names):
         ax = axes[j // cols][j % cols]
@@ -436,7 +412,7 @@ def segment_attention(run: Run, data=None, segment: str | None = None) -> dict:
         return {"ok": False, "reason": f"level {cfg.level!r} has no beat/measure attention that reaches the output"}
     ids = [str(s) for s in data.segment_ids]
     if segment is None:
-        test = data.split_indices(run.split, fold.fold, "test") if run.split in ("composition", "performer") else []
+        test = data.split_indices(run.split, fold.fold, "test") if run.split in SPLIT_SCHEMES else []
         if fold.predictions is not None and fold.predictions["segment_ids"] and fold.predictions["segment_ids"][0] in ids:
             segment = fold.predictions["segment_ids"][0]
         elif len(test):
@@ -446,7 +422,7 @@ def segment_attention(run: Run, data=None, segment: str | None = None) -> dict:
     if segment not in ids:
         return {"ok": False, "reason": f"segment {segment!r} is not in the dataset {getattr(data, 'path', '')}"}
     idx = ids.index(segment)
-    from .training import load_checkpoint, model_from_checkpoint
+    from .checkpoints import load_checkpoint, model_from_checkpoint
 
     ck = load_checkpoint(fold.checkpoint)
     cfg = ModelConfig.from_dict(ck["model_config"])
@@ -463,7 +439,7 @@ def segment_attention(run: Run, data=None, segment: str | None = None) -> dict:
     part = "not in any"
     if run.split in getattr(data, "splits", {}):
         code = int(data.splits[run.split][idx, fold.fold])
-        part = {0: "train", 1: "valid", 2: "test"}.get(code, part)
+        part = {c: name for name, c in PARTS.items()}.get(code, part)
     return {"ok": True, "segment": segment, "fold": fold.fold, "part": part, "weights": weights, "boundaries": bounds,
             "entropy": {k: v.summary() for k, v in ent.items()}, "checkpoint": fold.checkpoint}
 
@@ -477,83 +453,6 @@ class Report:
     html: Path
     images: list[Path]
     skipped: dict[str, str]  # section -> reason
-
-
-def _f(v, nd=3, signed=False) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
-
-
-class _Doc:
-    """Collects the report once and renders it as Markdown and as HTML."""
-
-    def __init__(self):
-        self.blocks: list[tuple] = []
-
-    def h(self, level: int, text: str):
-        self.blocks.append(("h", level, text))
-
-    def p(self, text: str):
-        self.blocks.append(("p", text))
-
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]):
-        self.blocks.append(("table", list(header), [list(map(str, r)) for r in rows]))
-
-    def img(self, path: Path, alt: str):
-        self.blocks.append(("img", path.name, alt))
-
-    def markdown(self) -> str:
-        out = []
-        for b in self.blocks:
-            if b[0] == "h":
-                out.append("#" * b[1] + " " + b[2])
-            elif b[0] == "p":
-                out.append(b[1])
-            elif b[0] == "table":
-                esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-                out.append("| " + " | ".join(map(esc, b[1])) + " |")
-                out.append("|" + "|".join("---" for _ in b[1]) + "|")
-                out += ["| " + " | ".join(map(esc, r)) + " |" for r in b[2]]
-            elif b[0] == "img":
-                out.append(f"![{b[2]}]({b[1]})")
-            out.append("")
-        return "\n".join(out)
-
-    def html(self, title: str) -> str:
-        e = html.escape
-        out = [
-            "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{e(title)}</title>",
-            "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}"
-            "th{background:#eee}img{max-width:100%;border:1px solid #ddd}code{background:#f4f4f4}</style>",
-            "</head><body>",
-        ]
-        for b in self.blocks:
-            if b[0] == "h":
-                out.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
-            elif b[0] == "p":
-                out.append(f"<p>{_inline_html(b[1])}</p>")
-            elif b[0] == "table":
-                out.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in b[1]) + "</tr>")
-                out += ["<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in b[2]]
-                out.append("</table>")
-            elif b[0] == "img":
-                out.append(f"<p><img src='{e(b[1])}' alt='{e(b[2])}'></p>")
-        out.append("</body></html>")
-        return "\n".join(out)
-
-
-def _inline_html(text: str) -> str:
-    """Escape, then render the Markdown the report uses inline: `code`, **bold**, *emphasis*."""
-    text = html.escape(text)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"(?<![*\w])\*([^*]+)\*(?![*\w])", r"<i>\1</i>", text)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
 def build_report(
@@ -583,72 +482,120 @@ def build_report(
     skipped: dict[str, str] = {}
     if targets is None:
         try:
-            targets = diag.load_targets()
+            targets = load_targets()
         except FileNotFoundError as exc:
             targets = None
             skipped["targets"] = str(exc)
     models = [r for r in runs if not r.is_baseline]
-    baselines = [r for r in runs if r.is_baseline]
+    spreads = prediction_spreads(runs, collapse_ratio)
+
+    doc = Document()
     images: list[Path] = []
-    doc = _Doc()
-    title = "PercePiano run report: " + ", ".join(r.name for r in runs)
+    _introduction(doc, runs)
+    _summary(doc, runs, targets, spreads, collapse_ratio, skipped)
+    _folds(doc, runs)
+    images += _training_curves(doc, models, out)
+    images += _per_label(doc, runs, targets, out)
+    images += _predicted_vs_true(doc, runs, spreads, out)
+    _hierarchy_gain(doc, models, targets)
+    images += _attention(doc, models, data, segment, out, skipped)
+    _deviations(doc, models)
+    _provenance(doc, runs)
+
+    md = out / "report.md"
+    md.write_text(doc.markdown(), encoding="utf-8")
+    ht = out / "report.html"
+    ht.write_text(doc.html("PercePiano run report: " + ", ".join(r.name for r in runs)), encoding="utf-8")
+    return Report(md, ht, images, skipped)
+
+
+def prediction_spreads(runs: Sequence[Run], collapse_ratio: float = diag.COLLAPSE_RATIO) -> dict[str, list[diag.SpreadRow]]:
+    """The collapse detector of every run with saved test predictions, by run name."""
+    spreads = {}
+    for r in runs:
+        parts = [(f.predictions["predictions"], f.predictions["labels"]) for f in r.folds if f.predictions is not None]
+        if parts:
+            spreads[r.name] = diag.prediction_spread_by_fold(parts, r.label_names, collapse_ratio)
+    return spreads
+
+
+def _f(v, nd=3, signed=False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
+
+
+def _image_path(out: Path, kind: str, run: Run) -> Path:
+    return out / f"{kind}_{slug(run.preset + '_' + run.split + '_' + run.dir.name)}.png"
+
+
+def _introduction(doc: Document, runs: Sequence[Run]) -> None:
     doc.h(1, "PercePiano run report")
     doc.p("Runs: " + ", ".join(f"`{r.name}`" for r in runs) + ".")
     doc.p("The reported metric is the paper's: mean over folds of the test-split R² of each fold's checkpoint "
           "with the lowest validation loss (reference_spec §6.2). Curves, bars and scatter plots below come from "
           "the run directories as written by `percepiano cv`.")
 
-    # --- summary ---
+
+def _vs_ridge(run: Run, ridge_runs: Mapping[str, Run]) -> str:
+    """Whether ``run`` beats the ridge run of its split, else the ridge numbers its results.json recorded."""
+    res = run.results
+    rg = ridge_runs.get(run.split)
+    recorded = (res.get("baselines") or {}).get(BASELINE_PRESET)
+    if run.preset == BASELINE_PRESET:
+        return f"(is {BASELINE_PRESET})"
+    if rg is not None:
+        if res["mean_test_r2"] > rg.results["mean_test_r2"]:
+            return f"beats {BASELINE_PRESET}"
+        return f"**does not beat {BASELINE_PRESET}**"
+    if recorded is not None:
+        beats = res["mean_test_r2"] > recorded["mean_test_r2"]
+        return ("beats" if beats else "**does not beat**") + f" recorded {BASELINE_PRESET} {recorded['mean_test_r2']:.3f}"
+    return f"n/a (no {BASELINE_PRESET} run)"
+
+
+def _summary(doc: Document, runs: Sequence[Run], targets: Mapping | None, spreads: Mapping[str, list],
+             collapse_ratio: float, skipped: Mapping[str, str]) -> None:
     doc.h(2, "Summary")
-    ridge = {r.split: r for r in baselines if r.preset == "ridge"}
-    rows, spreads = [], {}
+    ridge_runs = {r.split: r for r in runs if r.is_baseline and r.preset == BASELINE_PRESET}
+    rows = []
     for r in runs:
         res = r.results
-        t = diag.target_for(targets, r.split, r.preset) if targets else None
-        rg = ridge.get(r.split)
-        recorded = (res.get("baselines") or {}).get("ridge")
-        if r.preset == "ridge":
-            vs_ridge = "(is ridge)"
-        elif rg is not None:
-            vs_ridge = "beats ridge" if res["mean_test_r2"] > rg.results["mean_test_r2"] else "**does not beat ridge**"
-        elif recorded is not None:
-            beats = res["mean_test_r2"] > recorded["mean_test_r2"]
-            vs_ridge = ("beats" if beats else "**does not beat**") + f" recorded ridge {recorded['mean_test_r2']:.3f}"
-        else:
-            vs_ridge = "n/a (no ridge run)"
-        parts = [(f.predictions["predictions"], f.predictions["labels"]) for f in r.folds if f.predictions is not None]
-        if parts:
-            spreads[r.name] = diag.prediction_spread_by_fold(parts, r.label_names, collapse_ratio)
+        t = target_for(targets, r.split, r.preset) if targets else None
+        if r.name in spreads:
             n_coll = str(len(diag.collapsed_labels(spreads[r.name])))
         else:
             n_coll = "n/a (no predictions saved)"
         rows.append([
             r.preset, r.split, str(len(res["folds"])), "–" if res.get("epochs") is None else str(res["epochs"]),
             str(res.get("protocol", "?")), _f(res["mean_test_r2"]),
-            _f(diag.fold_spread(res)), _f(t), _f(None if t is None else res["mean_test_r2"] - t, signed=True),
-            vs_ridge, n_coll,
+            _f(fold_spread(res)), _f(t), _f(None if t is None else res["mean_test_r2"] - t, signed=True),
+            _vs_ridge(r, ridge_runs), n_coll,
         ])
     doc.table(["preset", "split", "folds", "epochs", "protocol", "mean test R²", "fold std", "published", "Δ vs published",
-               "vs ridge", "collapsed labels"], rows)
+               f"vs {BASELINE_PRESET}", "collapsed labels"], rows)
     doc.p(f"A label is *collapsed* when std(prediction) / std(label) on the test split, averaged over folds, is below "
-          f"{collapse_ratio} (percepiano.diagnostics.COLLAPSE_RATIO). Published targets are means only; runs with fewer than 4 folds "
-          "or 100 epochs are not comparable with them.")
+          f"{collapse_ratio} (percepiano.diagnostics.COLLAPSE_RATIO). Published targets are means only; runs with "
+          f"fewer than {N_FOLDS} folds or {PROTOCOL_EPOCHS} epochs are not comparable with them.")
     if "targets" in skipped:
         doc.p(f"Published targets unavailable: {skipped['targets']}.")
 
-    # --- per-fold table ---
+
+def _folds(doc: Document, runs: Sequence[Run]) -> None:
     doc.h(2, "Folds")
-    frows = []
+    rows = []
     for r in runs:
         for i, f in enumerate(r.results["folds"]):
-            frows.append([r.name, str(f.get("fold", i)), "–" if f.get("best_epoch") is None else str(f["best_epoch"]), _f(f.get("valid_loss"), 5),
-                          _f(f.get("test_r2")), _f(f.get("test_mse"), 5)])
-    doc.table(["run", "fold", "best epoch", "valid loss", "test R²", "test MSE"], frows)
+            rows.append([r.name, str(f.get("fold", i)), "–" if f.get("best_epoch") is None else str(f["best_epoch"]),
+                         _f(f.get("valid_loss"), 5), _f(f.get("test_r2")), _f(f.get("test_mse"), 5)])
+    doc.table(["run", "fold", "best epoch", "valid loss", "test R²", "test MSE"], rows)
 
-    # --- curves ---
+
+def _training_curves(doc: Document, models: Sequence[Run], out: Path) -> list[Path]:
     doc.h(2, "Training curves")
+    images = []
     for r in models:
-        p = plot_curves(r, out / f"curves_{_slug(r.preset + '_' + r.split + '_' + r.dir.name)}.png")
+        p = plot_curves(r, _image_path(out, "curves", r))
         if p is None:
             doc.p(f"`{r.name}`: no log.jsonl in the fold directories, no curves.")
         else:
@@ -656,20 +603,24 @@ def build_report(
             doc.img(p, f"training curves {r.name}")
     if not models:
         doc.p("Only baseline runs were given; baselines have no training curves.")
+    return images
 
-    # --- per-label R² ---
+
+def _per_label(doc: Document, runs: Sequence[Run], targets: Mapping | None, out: Path) -> list[Path]:
     doc.h(2, "Per-label test R²")
     p = plot_per_label(runs, targets, out / "per_label_r2.png")
-    images.append(p)
     doc.img(p, "per-label test R2")
     names = runs[0].label_names
-    per = [diag.per_label_mean(r.results) for r in runs]
+    per = [per_label_mean(r.results) for r in runs]
     doc.table(["label"] + [r.name for r in runs], [[n] + [_f(pl.get(n)) for pl in per] for n in names])
+    return [p]
 
-    # --- scatter / collapse ---
+
+def _predicted_vs_true(doc: Document, runs: Sequence[Run], spreads: Mapping[str, list], out: Path) -> list[Path]:
     doc.h(2, "Predicted vs true (test split)")
+    images = []
     for r in runs:
-        p = plot_scatter(r, out / f"scatter_{_slug(r.preset + '_' + r.split + '_' + r.dir.name)}.png", spreads.get(r.name))
+        p = plot_scatter(r, _image_path(out, "scatter", r), spreads.get(r.name))
         if p is None:
             doc.p(f"`{r.name}`: no per-segment test predictions (npz) in the fold directories.")
             continue
@@ -677,22 +628,28 @@ def build_report(
         doc.img(p, f"predicted vs true {r.name}")
         coll = diag.collapsed_labels(spreads[r.name])
         doc.p(f"`{r.name}`: collapsed labels ({len(coll)}): " + (", ".join(coll) if coll else "none") + ".")
+    return images
 
-    # --- hierarchy gain ---
+
+def _hierarchy_gain(doc: Document, models: Sequence[Run], targets: Mapping | None) -> None:
+    """Only when a ``han`` and a ``bilstm_sa`` run of the same split are given."""
     han = {r.split: r for r in models if r.preset == "han"}
     sa = {r.split: r for r in models if r.preset == "bilstm_sa"}
     common = sorted(set(han) & set(sa))
-    if common:
-        doc.h(2, "Hierarchy gain (han − bilstm_sa, same split)")
-        grows = []
-        for s in common:
-            g = diag.hierarchy_gain(han[s].results, sa[s].results, targets=targets)
-            grows.append([s, _f(g.han_r2), _f(g.bilstm_sa_r2), _f(g.gain, signed=True), _f(g.paper_gain, signed=True)])
-        doc.table(["split", "han", "bilstm_sa", "gain", "published gain"], grows)
+    if not common:
+        return
+    doc.h(2, "Hierarchy gain (han − bilstm_sa, same split)")
+    rows = []
+    for s in common:
+        g = diag.hierarchy_gain(han[s].results, sa[s].results, targets=targets)
+        rows.append([s, _f(g.han_r2), _f(g.bilstm_sa_r2), _f(g.gain, signed=True), _f(g.paper_gain, signed=True)])
+    doc.table(["split", "han", "bilstm_sa", "gain", "published gain"], rows)
 
-    # --- attention ---
+
+def _attention(doc: Document, models: Sequence[Run], data, segment: str | None, out: Path,
+               skipped: dict[str, str]) -> list[Path]:
     doc.h(2, "Attention of one segment")
-    shown = False
+    images = []
     for r in models:
         try:
             att = segment_attention(r, data=data, segment=segment)
@@ -703,35 +660,35 @@ def build_report(
             doc.p(f"`{r.name}`: attention heatmaps skipped: {att['reason']}.")
             continue
         p = plot_attention(att["weights"], att["boundaries"],
-                           f"{r.name}, fold {att['fold']}, segment {att['segment']}",
-                           out / f"attention_{_slug(r.preset + '_' + r.split + '_' + r.dir.name)}.png")
+                           f"{r.name}, fold {att['fold']}, segment {att['segment']}", _image_path(out, "attention", r))
         images.append(p)
         doc.p(f"`{r.name}`: fold {att['fold']} checkpoint, segment `{att['segment']}` ({att['part']} split of that fold).")
         doc.img(p, f"attention {r.name}")
         ent = att["entropy"]
         doc.table(["level", "normalized entropy (mean over heads)", "segments counted", "size-1 excluded"],
                   [[k, _f(v["mean"], 4), str(v["n_segments"]), str(v["n_singletons_excluded"])] for k, v in ent.items()])
-        shown = True
     if not models:
         doc.p("No neural run given: no attention to show.")
-    elif shown:
+    elif images:
         doc.p("Normalized entropy is H(p)/log(n) per span of n ≥ 2 positions: 1 = uniform, 0 = one position. "
               "The original itself starts near 1 (≈ 0.998 for beats at init, reference_spec §4).")
+    return images
 
-    # --- deviations ---
+
+def _deviations(doc: Document, models: Sequence[Run]) -> None:
     doc.h(2, "Deviations from the original")
-    drows = []
+    rows = []
     for r in models:
         if not r.results.get("config"):
-            drows.append([r.name, "unknown", "no config in results.json", "", ""])
+            rows.append([r.name, "unknown", "no config in results.json", "", ""])
             continue
         devs = diag.run_deviations(r.results)
         if not devs:
-            drows.append([r.name, "none", "the original model and protocol", "", ""])
+            rows.append([r.name, "none", "the original model and protocol", "", ""])
         for d in devs:
-            drows.append([r.name, d.scope, d.field, f"{d.value!r} (original {d.original!r})", d.note])
-    if drows:
-        doc.table(["run", "kind", "field", "value", "why it is not the original"], drows)
+            rows.append([r.name, d.scope, d.field, f"{d.value!r} (original {d.original!r})", d.note])
+    if rows:
+        doc.table(["run", "kind", "field", "value", "why it is not the original"], rows)
     else:
         doc.p("No neural run given.")
     doc.p("Named deviations are the switches of percepiano.config.ORIGINAL_BEHAVIOUR; size/structure rows are "
@@ -739,17 +696,12 @@ def build_report(
           "percepiano.training.TrainConfig defaults (determinism and per-epoch test logging do not change the "
           "protocol and are not listed).")
 
-    # --- provenance ---
+
+def _provenance(doc: Document, runs: Sequence[Run]) -> None:
     doc.h(2, "Provenance")
-    prov = []
+    rows = []
     for r in runs:
         res = r.results
-        prov.append([r.name, str(res.get("git_commit") or "?")[:12] + (" (dirty)" if res.get("git_dirty") else ""), str(res.get("device", "?")),
-                     _f(res.get("wall_seconds"), 1), str(res.get("seed", "?"))])
-    doc.table(["run", "git commit", "device", "wall time (s)", "seed"], prov)
-
-    md = out / "report.md"
-    md.write_text(doc.markdown(), encoding="utf-8")
-    ht = out / "report.html"
-    ht.write_text(doc.html(title), encoding="utf-8")
-    return Report(md, ht, images, skipped)
+        commit = str(res.get("git_commit") or "?")[:12] + (" (dirty)" if res.get("git_dirty") else "")
+        rows.append([r.name, commit, str(res.get("device", "?")), _f(res.get("wall_seconds"), 1), str(res.get("seed", "?"))])
+    doc.table(["run", "git commit", "device", "wall time (s)", "seed"], rows)

@@ -14,6 +14,7 @@ import torch
 from percepiano import PercePianoModel, get_preset
 from percepiano import diagnostics as diag
 from percepiano import hierarchy as hier
+from percepiano.results import targets_path
 
 EXACT = 1e-12  # float64 arithmetic on a handful of numbers
 FLOAT32 = 1e-5  # weights produced by a float32 forward pass
@@ -181,7 +182,7 @@ def _results(preset, split, fold_r2, per_label=None):
 def test_hierarchy_gain_is_han_minus_bilstm_sa_same_split():
     han = _results("han", "composition", [0.40, 0.42, 0.38, 0.40], [[0.5, 0.3]] * 4)
     sa = _results("bilstm_sa", "composition", [0.30, 0.31, 0.29, 0.30], [[0.2, 0.4]] * 4)
-    targets = json.loads((Path(diag.__file__).parent / "resources" / "regression_targets.json").read_text())
+    targets = json.loads(targets_path().read_text())
     g = diag.hierarchy_gain(han, sa, targets=targets)
     assert g.gain == pytest.approx(0.10, abs=EXACT)
     assert g.per_label_gain == pytest.approx({"x_a": 0.3, "y_b": -0.1}, abs=EXACT)
@@ -191,20 +192,6 @@ def test_hierarchy_gain_is_han_minus_bilstm_sa_same_split():
         diag.hierarchy_gain(han, _results("bilstm_sa", "performer", [0.3]))
     with pytest.raises(ValueError, match="han minus bilstm_sa"):
         diag.hierarchy_gain(sa, han)
-
-
-def test_results_helpers(tmp_path):
-    res = _results("han", "performer", [0.1, 0.3])
-    (tmp_path / "results.json").write_text(json.dumps(res))
-    loaded = diag.load_results(tmp_path)  # a run directory works as well as the file
-    assert diag.metric_value(loaded) == pytest.approx(0.2, abs=EXACT)
-    assert diag.fold_spread(loaded) == pytest.approx(0.1, abs=EXACT)  # population std, as results.json's fold_std
-    assert diag.resolve_label(loaded, "Y_B") == "y_b" and diag.resolve_label(loaded, "1") == "y_b"
-    assert diag.resolve_label(loaded, "_a") == "x_a"
-    with pytest.raises(ValueError, match="matches no label"):
-        diag.resolve_label(loaded, "zzz")
-    with pytest.raises(FileNotFoundError):
-        diag.load_results(tmp_path / "missing")
 
 
 # ----------------------------------------------------------------------------------------------- deviations

@@ -66,7 +66,8 @@ def synthetic_run(tmp_path_factory):
     import torch
 
     from percepiano.data import load_dataset
-    from percepiano.training import TrainConfig, run_cv
+    from percepiano.cv import run_cv
+    from percepiano.training import TrainConfig
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("runs")
@@ -130,7 +131,8 @@ def test_report_from_a_tiny_real_run(tmp_path):
     import torch
 
     from percepiano.data import load_dataset
-    from percepiano.training import TrainConfig, run_cv
+    from percepiano.cv import run_cv
+    from percepiano.training import TrainConfig
 
     torch.set_num_threads(1)
     data = load_dataset(None)
@@ -143,3 +145,19 @@ def test_report_from_a_tiny_real_run(tmp_path):
         assert_png(p)
     assert "| folds | n_folds | 1 (original 4) |" in md
     assert "recorded ridge" in md  # run_cv records the ridge baseline of the split in results.json
+
+
+def test_document_renders_markdown_and_html():
+    from percepiano.document import Document, slug
+
+    doc = Document()
+    doc.h(2, "A & B")
+    doc.p("`code`, **bold** and *emphasis* <raw>")
+    doc.table(["a|b", "c"], [["x|y", 1]])
+    doc.img(Path("/elsewhere/plot.png"), "a plot")
+    assert doc.markdown() == ("## A & B\n\n`code`, **bold** and *emphasis* <raw>\n\n| a\\|b | c |\n|---|---|\n"
+                              "| x\\|y | 1 |\n\n![a plot](plot.png)\n")
+    html = doc.html("t")
+    assert "<h2>A &amp; B</h2>" in html and "<p><code>code</code>, <b>bold</b> and <i>emphasis</i> &lt;raw&gt;</p>" in html
+    assert "<th>a|b</th>" in html and "<td>1</td>" in html and "<img src='plot.png' alt='a plot'>" in html
+    assert slug("han/composition (run 1)") == "han_composition_run_1"

@@ -1,4 +1,4 @@
-"""``percepiano report`` and ``percepiano gate``: look at a debugging round, then decide whether it passes."""
+"""``percepiano report``: look at a debugging round (Markdown, HTML and plots of one or more runs)."""
 from __future__ import annotations
 
 import argparse
@@ -23,29 +23,6 @@ def register(sub) -> None:
                    help="do not look for mean/ridge runs of the same split next to the given runs")
     p.set_defaults(func=_report)
 
-    g = sub.add_parser(
-        "gate",
-        help="compare a results.json with the published target or a previous round; exit 1 if worse",
-        description="Print a comparison table. Exit 1 when mean_test_r2 (or --label's test R2) is below the "
-        "published target by more than --tolerance, or below a previous round (--against OTHER.json) by more than "
-        "that round's fold spread. Also says whether the run beats the ridge baseline of the same split. "
-        "Exit 2 on bad input.",
-    )
-    g.add_argument("results", metavar="RESULTS.json", help="results.json (or its run directory) of the round to gate")
-    g.add_argument("--against", default="targets", metavar="targets|OTHER_RESULTS.json",
-                   help="`targets` (published values, default) or a previous round's results.json")
-    g.add_argument("--tolerance", type=float, default=None,
-                   help="allowed drop below the reference (default: targets file value or 0.02 for targets; "
-                   "the previous round's fold std for a previous round)")
-    g.add_argument("--label", default=None, metavar="NAME", help="gate one label's test R2 (name, index or unique part)")
-    g.add_argument("--baseline", default=None, metavar="RESULTS.json",
-                   help="ridge baseline results (default: a sibling run directory with preset ridge and the same split)")
-    g.add_argument("--targets", default=None, metavar="JSON", help="targets file (default: the package's regression_targets.json)")
-    g.add_argument("--require-baseline", action="store_true",
-                   help="also fail when the run does not beat the ridge baseline (or none is found)")
-    g.add_argument("--json", action="store_true", help="print the verdict as JSON instead of the table")
-    g.set_defaults(func=_gate)
-
 
 def _report(args: argparse.Namespace) -> int:
     from ..report import build_report
@@ -68,21 +45,3 @@ def _report(args: argparse.Namespace) -> int:
     for section, reason in rep.skipped.items():
         print(f"skipped {section}: {reason}")
     return 0
-
-
-def _gate(args: argparse.Namespace) -> int:
-    import json
-
-    from ..gate import format_gate, gate
-
-    res = gate(args.results, args.against, tolerance=args.tolerance, label=args.label, baseline=args.baseline,
-               targets_file=args.targets, require_baseline=args.require_baseline)
-    if args.json:
-        print(json.dumps({
-            "metric": res.metric, "value": res.value, "reference": res.reference, "reference_name": res.reference_name,
-            "allowed_drop": res.allowed_drop, "passed": res.passed, "baseline": res.baseline,
-            "baseline_failed": res.baseline_failed, "notes": res.notes, "exit_code": res.exit_code,
-        }, indent=2))
-    else:
-        print(format_gate(res))
-    return res.exit_code
