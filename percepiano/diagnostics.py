@@ -137,18 +137,14 @@ def _none_if_nan(v: float) -> float | None:
 
 
 def _node_segments(note_locations: Mapping[str, torch.Tensor], lengths: torch.Tensor, rule: str):
-    """Segment ids of beats (in note space) and measures (in beat-node space), as the model builds them."""
+    """Per level, (segment ids, number of nodes, nodes per sample) of beats (in note space) and measures (in
+    beat-node space), from :func:`percepiano.hierarchy.node_segments`, the model's own derivation."""
     lengths = lengths.long()
-    beat = note_locations["beat"].long()
-    valid = hier.valid_mask(lengths, beat.shape[1])
-    beat_seg, beat_counts, num_beats = hier.segment_ids(hier.boundary_flags(beat, valid, rule), valid)
-    out = {"beat": (beat_seg, num_beats, beat_counts)}
-    if "measure" in note_locations:
-        meas_flags = hier.boundary_flags(note_locations["measure"].long(), valid, rule)
-        beat_flags = hier.higher_level_flags(beat_seg, meas_flags, num_beats)
-        beat_valid = hier.valid_mask(beat_counts, num_beats)
-        meas_seg, meas_counts, num_measures = hier.segment_ids(beat_flags, beat_valid)
-        out["measure"] = (meas_seg, num_measures, meas_counts)
+    locs = {k: note_locations[k].long() for k in ("beat", "measure") if k in note_locations}
+    nodes = hier.node_segments(locs, hier.valid_mask(lengths, locs["beat"].shape[1]), rule)
+    out = {"beat": (nodes.beat, nodes.beats, nodes.beats_per_sample)}
+    if nodes.measure is not None:
+        out["measure"] = (nodes.measure, nodes.measures, nodes.measures_per_sample)
     return out
 
 
