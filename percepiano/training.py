@@ -1,16 +1,16 @@
-"""The original training and evaluation protocol (reference_spec §5-6), per fold and over 4 folds.
+"""The original training and evaluation protocol of one fold (``train_m2pf.py``: ``train``).
 
-Per fold: Adam(lr 2.5e-5, weight_decay 1e-5, one group over all parameters) with StepLR(3000, 0.98) stepped
-after every batch; loss = MSE(sigmoid(logits), labels); gradients clipped to global norm 2.0; batches of 8
-shuffled per epoch; after every epoch the valid loss (Σ batch-mean MSE / n_valid, the original's formula) and
-test metrics; the checkpoint with the strictly lowest valid loss is kept; finally that checkpoint is evaluated
-on the fold's test split at batch size 1 (the original eval script). The reported number is the mean over the
-4 fold models of their test R2 (:func:`run_cv`).
+Adam(lr 2.5e-5, weight_decay 1e-5, one group over all parameters) with StepLR(3000, 0.98) stepped after every
+batch; loss = MSE(sigmoid(logits), labels); gradients clipped to global norm 2.0; batches of 8 shuffled per
+epoch; after every epoch the valid loss (Σ batch-mean MSE / n_valid, the original's formula) and test metrics;
+the checkpoint with the strictly lowest valid loss is kept; finally that checkpoint is evaluated on the fold's
+test split at batch size 1 (the original eval script). The 4 folds of a split and the reported mean over
+them are :func:`percepiano.cv.run_cv`.
 
 Files in a fold directory: ``log.jsonl`` (one JSON record per epoch), ``last.pt`` (everything needed to resume,
 written atomically after every epoch), ``best.pt`` (the selected model), ``test_predictions.npz`` and
-``fold_result.json``. Checkpoints are plain dicts of tensors and primitive values (``torch.load(...,
-weights_only=True)``; no pickle of objects).
+``fold_result.json``. The checkpoints' format, the atomic writes and the RNG state are
+:mod:`percepiano.checkpoints`.
 
 Resuming (``resume=True``) restores model, optimizer, scheduler, the RNG states and the history from
 ``last.pt``; the shuffle order is a function of (seed, epoch) only. On CPU a resumed run ends bitwise equal
@@ -22,28 +22,36 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
-import random
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from . import __version__
-from .config import PRESET_FEATURES, DictRoundTrip, ModelConfig, get_preset
-from .data import N_FOLDS, Batch, PercePianoData, feature_size, iterate_batches, num_batches
+from .checkpoints import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    atomic_write_text,
+    build_model,
+    configure_determinism,
+    cpu_state,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from .config import DictRoundTrip, ModelConfig
+from .constants import PARTS
+from .data import Batch, PercePianoData, feature_size, iterate_batches, num_batches
 from .hierarchy import BatchShapes
 from .metrics import evaluate_predictions, r2
 
-CHECKPOINT_FORMAT = "percepiano.train/1"
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
-PREDICTIONS, FOLD_RESULT, RESULTS = "test_predictions.npz", "fold_result.json", "results.json"
+PREDICTIONS, FOLD_RESULT = "test_predictions.npz", "fold_result.json"
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,7 @@ class SplitPredictions:
 
 
 @torch.no_grad()
-def predict(
+def predict_split(
     model: nn.Module,
     data: PercePianoData,
     indices,
@@ -191,102 +199,11 @@ def original_valid_loss(labels: np.ndarray, predictions: np.ndarray, batch_size:
     return float(total / len(y))
 
 
-# --------------------------------------------------------------------------------------------- state
-
-
-def set_seed(seed: int) -> None:
-    """The original seeds ``random``, ``numpy`` and ``torch`` (all devices) with ``th_seed``."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def configure_determinism(enabled: bool) -> None:
-    """Deterministic mode: ``torch.use_deterministic_algorithms(True)``, cuDNN deterministic and no benchmark,
-    and the cuBLAS workspace setting CUDA needs for deterministic matmuls (set before CUDA initialises)."""
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(bool(enabled))
-    torch.backends.cudnn.deterministic = bool(enabled)
-    if enabled:
-        torch.backends.cudnn.benchmark = False
-
-
-def rng_state() -> dict:
-    """All RNG states a training epoch consumes (torch CPU + CUDA for dropout), plus numpy and ``random``."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": {"version": int(py_state[0]), "state": torch.tensor(py_state[1], dtype=torch.int64),
-                   "gauss_next": py_state[2]},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by this module (no pickle: ``weights_only=True``), on CPU."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a percepiano training checkpoint (format {CHECKPOINT_FORMAT!r})")
-    return ck
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def build_model(model_cfg: ModelConfig, seed: int, device: torch.device | str = "cpu") -> nn.Module:
-    """Seed everything, then build the model (the original seeds before constructing it)."""
-    from .model import PercePianoModel
-
-    set_seed(seed)
-    return PercePianoModel(model_cfg).to(device)
-
-
-def validate_for_model(model: nn.Module, data: PercePianoData, indices, feature_set: str) -> None:
-    """Run the model's input checks once over every segment it will see, then switch them off in the hot
-    path (they cost host synchronisations on a GPU). Raises ``ValueError`` naming the segment."""
+def check_data_for_model(model: nn.Module, data: PercePianoData, indices, feature_set: str) -> None:
+    """Run the model's input checks (``check_note_locations``) over the segments ``indices``, 64 at a time;
+    raises ``ValueError`` naming the first segment that fails. :func:`train_fold` runs this once over every
+    segment of the fold and then switches the model's own per-forward checks off (``validate_inputs``: they
+    cost host synchronisations on a GPU)."""
     if not hasattr(model, "check_note_locations"):
         return
     for start in range(0, len(indices), 64):
@@ -302,15 +219,6 @@ def validate_for_model(model: nn.Module, data: PercePianoData, indices, feature_
                 except ValueError as exc:
                     raise ValueError(f"{data.path}: segment {one.segment_ids[0]} (index {i}): {exc}") from exc
             raise
-    model.validate_inputs = False
-
-
-def model_from_checkpoint(ck: dict, device: torch.device | str = "cpu") -> nn.Module:
-    from .model import PercePianoModel
-
-    model = PercePianoModel(ModelConfig.from_dict(ck["model_config"]))
-    model.load_state_dict(ck["model_state"])
-    return model.to(device)
 
 
 # --------------------------------------------------------------------------------------------- one fold
@@ -323,37 +231,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def fold_indices(data: PercePianoData, split: str, fold: int, tcfg: TrainConfig) -> dict[str, np.ndarray]:
-    out = {p: data.split_indices(split, fold, p) for p in ("train", "valid", "test")}
+    out = {p: data.split_indices(split, fold, p) for p in PARTS}
     if tcfg.limit_segments is not None:
         out = {p: v[: tcfg.limit_segments] for p, v in out.items()}
     return out
-
-
-class _Progress:
-    """Per-batch progress on stderr: a tqdm bar when tqdm is installed, otherwise a plain line every ~10% of
-    the epoch; nothing when disabled (epoch lines are printed by the caller either way)."""
-
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self.bar, self.total, self.desc, self.enabled, self.done = None, total, desc, enabled, 0
-        self.every = max(1, total // 10)
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, leave=False, file=sys.stderr, dynamic_ncols=True)
-            except ImportError:
-                self.bar = None
-
-    def update(self):
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.enabled and (self.done % self.every == 0 or self.done == self.total):
-            print(f"{self.desc}: batch {self.done}/{self.total}", file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def train_fold(
@@ -414,7 +295,8 @@ def train_fold(
         log_path.unlink()
 
     idx = fold_indices(data, split, fold, tcfg)
-    validate_for_model(model, data, np.concatenate([idx[p] for p in ("train", "valid", "test")]), feature_set)
+    check_data_for_model(model, data, np.concatenate([idx[p] for p in PARTS]), feature_set)
+    model.validate_inputs = False  # checked once above: no host syncs for input checks in the steps
     n_train_batches = num_batches(len(idx["train"]), tcfg.batch_size)
     if tcfg.max_train_batches is not None:
         n_train_batches = min(n_train_batches, tcfg.max_train_batches)
@@ -422,18 +304,18 @@ def train_fold(
     for epoch in range(start_epoch, tcfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        bar = _Progress(n_train_batches, f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}", progress)
         loss_sum = torch.zeros((), device=device)
-        for batch in iterate_batches(
-            data, idx["train"], tcfg.batch_size, feature_set=feature_set, shuffle=True, seed=tcfg.seed,
-            epoch=epoch, max_batches=tcfg.max_train_batches,
-        ):
-            batch, shapes = to_device(model, batch, device)
-            loss_sum += train_step(model, batch, optimizer, scheduler, tcfg, shapes)
-            bar.update()
-        bar.close()
+        with tqdm(total=n_train_batches, desc=f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}", leave=False,
+                  file=sys.stderr, dynamic_ncols=True, disable=not progress) as bar:  # the epoch's line is log()'s
+            for batch in iterate_batches(
+                data, idx["train"], tcfg.batch_size, feature_set=feature_set, shuffle=True, seed=tcfg.seed,
+                epoch=epoch, max_batches=tcfg.max_train_batches,
+            ):
+                batch, shapes = to_device(model, batch, device)
+                loss_sum += train_step(model, batch, optimizer, scheduler, tcfg, shapes)
+                bar.update()
         train_loss = float(loss_sum) / n_train_batches  # one sync per epoch
-        valid = predict(model, data, idx["valid"], feature_set=feature_set, batch_size=tcfg.eval_batch_size, device=device)
+        valid = predict_split(model, data, idx["valid"], feature_set=feature_set, batch_size=tcfg.eval_batch_size, device=device)
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -445,7 +327,7 @@ def train_fold(
             "step": int(scheduler.last_epoch),
         }
         if tcfg.eval_test_every_epoch:
-            test = predict(model, data, idx["test"], feature_set=feature_set, batch_size=tcfg.eval_batch_size, device=device)
+            test = predict_split(model, data, idx["test"], feature_set=feature_set, batch_size=tcfg.eval_batch_size, device=device)
             record["test_r2"], record["test_loss"] = r2(test.labels, test.predictions), test.loss
         if not np.isfinite(valid.loss):
             raise FloatingPointError(f"fold {fold} epoch {epoch + 1}: valid loss is {valid.loss}")
@@ -455,7 +337,7 @@ def train_fold(
             best_epoch, best_loss = epoch + 1, valid.loss
             atomic_save(
                 {
-                    "format": CHECKPOINT_FORMAT, "kind": "best", "model_state": _cpu_state(model),
+                    "format": CHECKPOINT_FORMAT, "kind": "best", "model_state": cpu_state(model),
                     "model_config": model_cfg.to_dict(), "train_config": tcfg.to_dict(), "run": run,
                     "epoch": best_epoch, "valid_loss": best_loss,
                 },
@@ -465,7 +347,7 @@ def train_fold(
         history.append(record)
         atomic_save(
             {
-                "format": CHECKPOINT_FORMAT, "kind": "last", "model_state": _cpu_state(model),
+                "format": CHECKPOINT_FORMAT, "kind": "last", "model_state": cpu_state(model),
                 "model_config": model_cfg.to_dict(), "train_config": tcfg.to_dict(), "run": run,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch + 1, "best": {"epoch": best_epoch, "valid_loss": best_loss},
@@ -497,7 +379,7 @@ def train_fold(
         "best_epoch": int(best_epoch),
         "valid_loss": float(best_loss),
         "valid_r2": float(history[best_epoch - 1]["valid_r2"]),  # in-training eval of the kept epoch
-        **_test_fields(result["metrics"]),
+        **fold_test_fields(result["metrics"]),
         "epochs_trained": len(history),
         "train_seconds": float(sum(r["seconds"] for r in history)),
         "n_train": int(len(idx["train"])), "n_valid": int(len(idx["valid"])), "n_test": int(len(idx["test"])),
@@ -506,7 +388,8 @@ def train_fold(
     return fold_result
 
 
-def _test_fields(m: dict) -> dict:
+def fold_test_fields(m: dict) -> dict:
+    """The test-metric fields of a fold result (``fold_result.json``), from :func:`evaluate_predictions`' dict."""
     return {
         "test_r2": m["r2"],
         "test_mse": m["mse"],
@@ -538,7 +421,7 @@ def evaluate_model(
     device: str | torch.device = "cpu",
 ) -> dict:
     """Metrics (original §6.1 set) and predictions of ``model`` on ``indices``."""
-    p = predict(model, data, indices, feature_set=feature_set, batch_size=batch_size, device=device)
+    p = predict_split(model, data, indices, feature_set=feature_set, batch_size=batch_size, device=device)
     idx = np.asarray(indices, dtype=np.int64)
     metrics = evaluate_predictions(p.labels, p.predictions, data.labels_std[idx])
     metrics["loss"] = p.loss
@@ -557,269 +440,3 @@ def save_predictions(path: str | os.PathLike, p: SplitPredictions, extra: dict |
         **(extra or {}),
     )
     os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------- 4 folds
-
-
-def regression_targets() -> dict:
-    """``percepiano/resources/regression_targets.json``: the R2 targets of the regression gates (with their source)
-    and the measured baseline values."""
-    from importlib import resources
-
-    return json.loads((resources.files("percepiano") / "resources" / "regression_targets.json").read_text())
-
-
-def environment_info(device: torch.device | str | None = None) -> dict:
-    info = {
-        "versions": {
-            "percepiano": __version__,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-        },
-        "git_commit": None,
-        "git_dirty": None,
-        "device": str(device) if device is not None else None,
-        "device_name": None,
-        "platform": platform.platform(),
-    }
-    try:
-        import sklearn
-
-        info["versions"]["scikit-learn"] = sklearn.__version__
-    except ImportError:
-        pass
-    if device is not None and torch.device(device).type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
-    else:
-        info["device_name"] = platform.processor() or platform.machine()
-    here = Path(__file__).resolve().parent
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip() or None
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True,
-            timeout=10, check=True,
-        ).stdout
-        info["git_dirty"] = bool(status.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def data_info(data: PercePianoData) -> dict:
-    import hashlib
-
-    digest = None
-    if Path(data.path).is_file():
-        h = hashlib.sha256()
-        with open(data.path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
-    # the file name only: results must not carry machine paths
-    return {"file": Path(data.path).name, "sha256": digest, "segments": len(data), "notes": data.num_notes}
-
-
-def summarize_folds(folds: list[dict]) -> dict:
-    r = np.array([f["test_r2"] for f in folds], dtype=np.float64)
-    per_label = np.array([f["per_label_test_r2"] for f in folds], dtype=np.float64)
-    return {
-        "mean_test_r2": float(r.mean()),
-        "fold_std": float(r.std()),  # population std over folds (ddof 0)
-        "fold_min": float(r.min()),
-        "fold_max": float(r.max()),
-        "mean_test_mse": float(np.mean([f["test_mse"] for f in folds])),
-        "per_label_mean_test_r2": per_label.mean(axis=0).tolist(),
-    }
-
-
-def run_cv(
-    preset: str,
-    split: str,
-    data: PercePianoData,
-    out_dir: str | os.PathLike,
-    *,
-    tcfg: TrainConfig | None = None,
-    model_overrides: dict | None = None,
-    folds: Iterable[int] = range(N_FOLDS),
-    device: str | torch.device | None = "auto",
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-    parallel_folds: int = 1,
-) -> dict:
-    """All folds of ``split`` for a neural preset (``han``, ``bilstm``, ``bilstm_sa``) or a baseline (``mean``,
-    ``ridge``); writes ``OUT/fold{k}/...`` and ``OUT/results.json`` and returns the results dict.
-
-    With ``resume``, a fold whose ``fold_result.json`` exists is not re-run and an interrupted fold continues
-    from its ``last.pt``. ``parallel_folds`` > 1 trains that many folds at once in worker processes on the
-    same device (one GPU is far from saturated by one batch-8 fold); each fold is seeded as in a sequential
-    run, so its result does not depend on this setting.
-    """
-    from . import baselines
-
-    t0 = time.perf_counter()
-    tcfg = tcfg or TrainConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log = log or (lambda s: None)
-    folds = [int(f) for f in folds]
-    is_baseline = preset in baselines.BASELINES
-    dev = torch.device("cpu") if is_baseline else resolve_device(device)
-    fold_results = []
-    if is_baseline:
-        if model_overrides:
-            raise ValueError(f"baseline {preset!r} takes no model overrides")
-        model_cfg, feature_set = None, "full"
-    else:
-        model_cfg = get_preset(preset, **(model_overrides or {}))
-        feature_set = PRESET_FEATURES[preset]
-    pending = []
-    for fold in folds:
-        done = out / f"fold{fold}" / FOLD_RESULT
-        if resume and done.exists():
-            fold_results.append(json.loads(done.read_text()))
-            log(f"fold {fold}: already finished, test_r2 {fold_results[-1]['test_r2']:.4f}")
-        else:
-            pending.append(fold)
-    if parallel_folds > 1 and not is_baseline and len(pending) > 1:
-        fold_results += _train_folds_in_parallel(
-            model_cfg, tcfg, data, split, pending, out, feature_set, dev, resume, parallel_folds, preset, log
-        )
-        pending = []
-    for fold in pending:
-        fdir = out / f"fold{fold}"
-        if is_baseline:
-            res = run_baseline_fold(preset, data, split, fold, fdir, tcfg)
-        else:
-            res = train_fold(
-                model_cfg, tcfg, data, split, fold, fdir, feature_set=feature_set, device=dev, resume=resume,
-                progress=progress, log=log, run_info={"preset": preset},
-            )
-        log(f"fold {fold}: best epoch {res['best_epoch']}, test_r2 {res['test_r2']:.4f}")
-        fold_results.append(res)
-    fold_results.sort(key=lambda r: r["fold"])
-    for res in fold_results:
-        res["dir"] = f"fold{res['fold']}"  # relative to results.json
-    # Every results table shows the honest baselines beside a neural model: same split, same folds.
-    baseline_summary = None
-    if not is_baseline:
-        baseline_summary = {}
-        for name in baselines.BASELINES:
-            try:
-                rows = [run_baseline_fold(name, data, split, f, None, tcfg) for f in folds]
-            except ValueError as exc:  # e.g. scikit-learn missing for ridge
-                log(f"baseline {name} skipped: {exc}")
-                continue
-            baseline_summary[name] = {k: v for k, v in summarize_folds(rows).items() if k != "per_label_mean_test_r2"}
-            baseline_summary[name]["per_fold_test_r2"] = [r["test_r2"] for r in rows]
-    results = {
-        "preset": preset,
-        "kind": "baseline" if is_baseline else "neural",
-        "split": split,
-        **summarize_folds(fold_results),
-        "n_folds": len(fold_results),
-        "folds": fold_results,
-        "baselines": baseline_summary,  # mean/ridge on the same split and folds (full splits, no limits)
-        "label_names": list(data.label_names),
-        "epochs": None if is_baseline else tcfg.epochs,
-        "seed": tcfg.seed,
-        "feature_set": feature_set,
-        "config": {
-            "model": None if is_baseline else model_cfg.to_dict(),
-            "model_overrides": dict(model_overrides or {}),
-            "train": None if is_baseline else tcfg.to_dict(),
-            "baseline": _baseline_config(preset) if is_baseline else None,
-        },
-        "protocol": "original" if (not is_baseline and tcfg.is_original() and not model_overrides
-                                   and len(fold_results) == N_FOLDS) else "modified",
-        "data": data_info(data),
-        **environment_info(dev),
-        "wall_seconds": time.perf_counter() - t0,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_text(json.dumps(results, indent=1) + "\n", out / RESULTS)
-    return results
-
-
-def _fold_worker(job: dict) -> dict:
-    """One fold in a worker process (top level so that ``spawn`` can import it)."""
-    from .data import load_dataset
-
-    torch.set_num_threads(job["threads"])
-    data = load_dataset(job["data_path"])
-    return train_fold(
-        ModelConfig.from_dict(job["model_cfg"]), TrainConfig.from_dict(job["tcfg"]), data, job["split"], job["fold"],
-        job["out"], feature_set=job["feature_set"], device=job["device"], resume=job["resume"], progress=False,
-        run_info={"preset": job["preset"]},
-    )
-
-
-def _train_folds_in_parallel(model_cfg, tcfg, data, split, folds, out, feature_set, device, resume, workers, preset, log):
-    import concurrent.futures
-    import multiprocessing
-
-    if not Path(data.path).is_file():
-        raise ValueError("parallel folds reload the dataset in each worker: load it from a file (--data)")
-    workers = min(int(workers), len(folds))
-    threads = max(1, torch.get_num_threads() // workers) if device.type == "cpu" else 1
-    jobs = [
-        {"model_cfg": model_cfg.to_dict(), "tcfg": tcfg.to_dict(), "data_path": data.path, "split": split, "fold": f,
-         "out": str(out / f"fold{f}"), "feature_set": feature_set, "device": str(device), "resume": resume,
-         "threads": threads, "preset": preset}
-        for f in folds
-    ]
-    log(f"training folds {folds} in {workers} worker processes on {device}")
-    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be re-initialised in a forked child
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        results = list(pool.map(_fold_worker, jobs))
-    for res in results:
-        log(f"fold {res['fold']}: best epoch {res['best_epoch']}, test_r2 {res['test_r2']:.4f}")
-    return results
-
-
-def _baseline_config(name: str) -> dict:
-    from . import baselines
-
-    if name == "mean":
-        return {"name": "mean", "description": "per-label mean of the fold's train labels"}
-    return {
-        "name": "ridge",
-        "description": "sklearn Ridge on per-segment mean/std/p10/p90 of the 101 inputs (train-standardised); "
-        "alpha by lowest valid MSE, refit on train",
-        "alphas": list(baselines.RIDGE_ALPHAS),
-    }
-
-
-def run_baseline_fold(name: str, data: PercePianoData, split: str, fold: int, out_dir, tcfg: TrainConfig) -> dict:
-    """A baseline fold in the neural fold-result format (best_epoch None); files written when ``out_dir``."""
-    from . import baselines
-
-    fit = baselines.fit_predict(name, data, split, fold)
-    va, te = data.split_indices(split, fold, "valid"), data.split_indices(split, fold, "test")
-    m = evaluate_predictions(data.labels[te], fit["test_pred"], data.labels_std[te])
-    res = {
-        "fold": int(fold),
-        "best_epoch": None,
-        "valid_loss": original_valid_loss(data.labels[va], fit["valid_pred"], tcfg.eval_batch_size),
-        "valid_r2": r2(data.labels[va], fit["valid_pred"]),
-        **_test_fields(m),
-        "chosen": fit["chosen"],
-        "n_train": int(len(data.split_indices(split, fold, "train"))), "n_valid": int(len(va)), "n_test": int(len(te)),
-    }
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        pred = SplitPredictions(
-            segment_ids=[str(s) for s in data.segment_ids[te]],
-            logits=np.full(fit["test_pred"].shape, np.nan, dtype=np.float32),  # baselines have no logits
-            predictions=fit["test_pred"].astype(np.float32),
-            labels=data.labels[te],
-            loss=original_valid_loss(data.labels[te], fit["test_pred"], tcfg.eval_batch_size),
-        )
-        save_predictions(out / PREDICTIONS, pred)
-        atomic_write_text(json.dumps(res, indent=1) + "\n", out / FOLD_RESULT)
-    return res

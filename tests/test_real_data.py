@@ -11,6 +11,7 @@ import torch
 
 from percepiano import training as T
 from percepiano.config import PRESET_FEATURES, get_preset
+from percepiano.cv import run_cv
 from percepiano.data import load_dataset
 
 REAL = os.environ.get("PERCEPIANO_DATA")
@@ -33,8 +34,8 @@ def data():
 @pytest.mark.parametrize("preset", ["han", "bilstm"])
 def test_two_epochs_on_a_slice(preset, data, tmp_path):
     out = tmp_path / "cv"
-    res = T.run_cv(preset, SPLIT, data, out, tcfg=SMALL, model_overrides={"hidden_size": HIDDEN}, folds=[FOLD],
-                   device="cpu", progress=False)
+    res = run_cv(preset, SPLIT, data, out, tcfg=SMALL, model_overrides={"hidden_size": HIDDEN}, folds=[FOLD],
+                 device="cpu", progress=False)
 
     # a well-formed results file
     on_disk = json.loads((out / "results.json").read_text())

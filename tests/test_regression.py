@@ -16,11 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from percepiano.config import PRESETS
+from percepiano.constants import N_FOLDS, PROTOCOL_EPOCHS, SPLIT_SCHEMES
+from percepiano.cv import run_cv
 from percepiano.data import load_dataset
-from percepiano.training import TrainConfig, regression_targets, run_cv
+from percepiano.results import load_targets
+from percepiano.training import TrainConfig
 
-TARGETS = regression_targets()["targets"]
-CASES = [(split, preset) for split in ("composition", "performer") for preset in ("bilstm", "bilstm_sa", "han")]
+TARGETS = load_targets()["targets"]
+CASES = [(split, preset) for split in SPLIT_SCHEMES for preset in sorted(PRESETS)]
 
 
 def _device() -> str:
@@ -45,7 +49,7 @@ def test_full_protocol_reaches_target(split, preset, tmp_path_factory):
 
     res = run_cv(preset, split, data, out, tcfg=TrainConfig(), device=device, resume=True, progress=False,
                  log=lambda s: print(s, flush=True))
-    assert res["protocol"] == "original" and len(res["folds"]) == 4 and res["epochs"] == 100
+    assert res["protocol"] == "original" and len(res["folds"]) == N_FOLDS and res["epochs"] == PROTOCOL_EPOCHS
 
     target = TARGETS[split].get(preset)
     tol = float(TARGETS["tolerance"])

@@ -1,8 +1,10 @@
-"""percepiano.training: the original protocol's pieces, fold runs, checkpoints and bitwise resume (CPU)."""
+"""percepiano.training and percepiano.cv: the original protocol's pieces, fold runs, bitwise resume and the
+command line (CPU). The checkpoint helpers themselves: tests/test_checkpoints.py."""
 from __future__ import annotations
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,12 +12,13 @@ import torch
 from torch import nn
 
 from percepiano import training as T
+from percepiano.checkpoints import model_from_checkpoint
 from percepiano.cli import main
 from percepiano.config import get_preset
 from percepiano.data import iterate_batches
+from percepiano.metrics import r2
 from percepiano.synthetic import dataset as synthetic_dataset
 from percepiano.synthetic import dataset_arrays as synthetic_arrays
-from percepiano.metrics import r2
 
 EXACT = dict(rtol=0, atol=0)
 FP32 = dict(rtol=1e-5, atol=1e-6)  # same float32 computation, different kernel/batching order
@@ -121,7 +124,7 @@ class RecordingAdam(torch.optim.Adam):
 
 def test_train_step_order_clipping_and_return(ds):
     torch.manual_seed(0)
-    model = StandIn(gain=1e4)  # gradient norm well above the clip
+    model = StandIn(gain=1e5)  # gradient norm well above the clip
     batch = ds.batch(range(8))
     ref = copy.deepcopy(model)
     ref_loss = T.loss_fn(ref(batch.x, batch.lengths, batch.note_locations), batch.labels)
@@ -143,11 +146,11 @@ def test_train_step_order_clipping_and_return(ds):
     assert sched.last_epoch == 1 and model.training
 
 
-def test_predict_uses_the_original_valid_loss_formula(ds):
+def test_predict_split_uses_the_original_valid_loss_formula(ds):
     torch.manual_seed(1)
     model = StandIn(dropout=0.5).train()
     idx = np.arange(20)  # batches of 8, 8, 4
-    p = T.predict(model, ds, idx, feature_set="full", batch_size=8)
+    p = T.predict_split(model, ds, idx, feature_set="full", batch_size=8)
     assert model.training  # mode restored
     assert p.segment_ids == [str(s) for s in ds.segment_ids[idx]]
     np.testing.assert_allclose(p.predictions, 1 / (1 + np.exp(-p.logits.astype(np.float64))), rtol=1e-6, atol=1e-7)
@@ -157,47 +160,8 @@ def test_predict_uses_the_original_valid_loss_formula(ds):
     assert p.loss == pytest.approx(T.original_valid_loss(ds.labels[idx], p.predictions, 8), rel=1e-6)
     assert p.loss < sq.mean() / 4  # it is ~ MSE / batch size, not the MSE
     # eval mode: no dropout, so the result does not depend on the batch size here
-    p1 = T.predict(model, ds, idx, feature_set="full", batch_size=1)
+    p1 = T.predict_split(model, ds, idx, feature_set="full", batch_size=1)
     np.testing.assert_allclose(p1.predictions, p.predictions, **FP32)
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-
-
-def test_atomic_save_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
-    path = tmp_path / "ck.pt"
-    T.atomic_save({"a": torch.ones(2)}, path)
-
-    def broken_save(obj, f):
-        f.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
-        T.atomic_save({"a": torch.zeros(2)}, path)
-    monkeypatch.undo()
-    torch.testing.assert_close(torch.load(path, weights_only=True)["a"], torch.ones(2), **EXACT)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
-
-
-def test_rng_state_roundtrip():
-    T.set_seed(3)
-    state = T.rng_state()
-    a = (torch.rand(3), np.random.rand(3), __import__("random").random())
-    T.set_rng_state(state)
-    b = (torch.rand(3), np.random.rand(3), __import__("random").random())
-    torch.testing.assert_close(a[0], b[0], **EXACT)
-    np.testing.assert_array_equal(a[1], b[1])
-    assert a[2] == b[2]
-
-
-def test_deterministic_mode_toggles():
-    try:
-        T.configure_determinism(True)
-        assert torch.are_deterministic_algorithms_enabled()
-    finally:
-        T.configure_determinism(False)
-    assert not torch.are_deterministic_algorithms_enabled()
 
 
 # ------------------------------------------------------------------------------------------ fold runs
@@ -230,7 +194,7 @@ def test_train_fold_files_log_and_selection(ds, tmp_path):
     te = ds.split_indices("composition", 1, "test")
     assert list(pred["segment_ids"]) == [str(s) for s in ds.segment_ids[te]]
     assert r2(pred["labels"], pred["predictions"]) == pytest.approx(res["test_r2"], abs=1e-7)
-    model = T.model_from_checkpoint(best)
+    model = model_from_checkpoint(best)
     again = T.evaluate_model(model, ds, te, feature_set="full", batch_size=1)
     assert again["metrics"]["r2"] == pytest.approx(res["test_r2"], abs=1e-12)
     with pytest.raises(ValueError, match="--resume"):
@@ -323,26 +287,15 @@ def test_iterate_batches_used_for_training_covers_the_split(ds):
     assert sorted(seen) == sorted(str(s) for s in ds.segment_ids[idx])
 
 
-def test_load_checkpoint_rejects_foreign_files(tmp_path):
-    torch.save({"state_dict": {}}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="not a percepiano training checkpoint"):
-        T.load_checkpoint(tmp_path / "x.pt")
-
-
-def test_plain_progress_without_tqdm(monkeypatch, capsys):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # `from tqdm import tqdm` raises ImportError
-    bar = T._Progress(20, "fold 0 epoch 1/1", enabled=True)
-    for _ in range(20):
-        bar.update()
-    bar.close()
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 10 and lines[-1] == "fold 0 epoch 1/1: batch 20/20"
-    quiet = T._Progress(20, "x", enabled=False)
-    for _ in range(20):
-        quiet.update()
+def test_progress_bar_on_stderr_only_when_asked(ds, tmp_path, capsys):
+    tcfg = SMALL.replace(epochs=1)
+    _run(ds, tmp_path / "quiet", tcfg=tcfg)
     assert capsys.readouterr().err == ""
+    T.train_fold(tiny(), tcfg, ds, "composition", 1, tmp_path / "bar", progress=True)
+    captured = capsys.readouterr()
+    n = int(np.ceil(len(ds.split_indices("composition", 1, "train")) / 8))
+    assert re.search(rf"fold 1 epoch 1/1: +0%\|.*\| 0/{n} ", captured.err)  # a bar, shown from the start
+    assert captured.out == ""
 
 
 def test_parallel_folds_give_the_sequential_results(data_file, tmp_path):
@@ -360,14 +313,26 @@ def test_parallel_folds_give_the_sequential_results(data_file, tmp_path):
         assert b["test_r2"] == pytest.approx(a["test_r2"], abs=1e-4)
 
 
-def test_model_checks_run_once_before_training_and_name_the_segment():
+def test_model_checks_run_once_before_training_and_name_the_segment(tmp_path, monkeypatch):
     from percepiano import PercePianoModel
     from percepiano.data import PercePianoData
 
     arrays = synthetic_arrays(40, seed=0)
     model = PercePianoModel(get_preset("han", hidden_size=8))
-    T.validate_for_model(model, PercePianoData(arrays), np.arange(40), "full")
-    assert model.validate_inputs is False  # validated once: no host syncs in the training steps
+    T.check_data_for_model(model, PercePianoData(arrays), np.arange(40), "full")
+    assert model.validate_inputs is True  # it only checks
+
+    # train_fold checks the fold's data once, then trains without the per-forward checks (no host syncs)
+    seen = []
+    train_step = T.train_step
+
+    def recording_step(model, *args, **kwargs):
+        seen.append(model.validate_inputs)
+        return train_step(model, *args, **kwargs)
+
+    monkeypatch.setattr(T, "train_step", recording_step)
+    _run(PercePianoData(arrays), tmp_path / "ok", tcfg=SMALL.replace(epochs=1, max_train_batches=2))
+    assert seen == [False, False]
 
     # two measures starting inside one beat (still contiguous, so the loader accepts it); the original maps
     # both to the same beat node and gives one of them an empty range of beats
@@ -381,5 +346,8 @@ def test_model_checks_run_once_before_training_and_name_the_segment():
     arrays["note_measure"][s + first + 2 : e] += 1
     data = PercePianoData(arrays)
     model = PercePianoModel(get_preset("han", hidden_size=8))
-    with pytest.raises(ValueError, match=rf"segment {data.segment_ids[seg]} \(index {seg}\): .*measure starts inside beat node"):
-        T.validate_for_model(model, data, np.arange(40), "full")
+    named = rf"segment {data.segment_ids[seg]} \(index {seg}\): .*measure starts inside beat node"
+    with pytest.raises(ValueError, match=named):
+        T.check_data_for_model(model, data, np.arange(40), "full")
+    with pytest.raises(ValueError, match=named):
+        _run(data, tmp_path / "bad", tcfg=SMALL.replace(epochs=1))

@@ -1,1 +1,1 @@
-"""CLI subcommands. Every module here exposes ``register(subparsers)``; :mod:`percepiano.cli` finds them all."""
+"""CLI subcommands. Every module here not named ``_*`` exposes ``register(subparsers)``; :mod:`percepiano.cli` finds them all."""
