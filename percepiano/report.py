@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +38,7 @@ from .results import (
     sibling_results,
     target_for,
 )
-
-FOLD_DIR = re.compile(r"fold[_-]?(\d+)$")
+from .training import BEST, LOG, PREDICTIONS
 
 
 def _plt():
@@ -121,25 +119,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _fold_dir(run_dir: Path, fold_entry: Mapping, k: int) -> Path | None:
-    for key in ("dir", "fold_dir", "path"):
-        if fold_entry.get(key):
-            p = Path(fold_entry[key])
-            p = p if p.is_absolute() else run_dir / p
-            if p.is_dir():
-                return p
-    for child in sorted(run_dir.iterdir()):
-        m = FOLD_DIR.search(child.name)
-        if child.is_dir() and m and int(m.group(1)) == k:
-            return child
-    return None
-
-
-def _pick(files: list[Path], prefer: str) -> Path | None:
-    if not files:
-        return None
-    preferred = [f for f in files if prefer in f.name]
-    return sorted(preferred or files)[0]
+def _fold_dir(run_dir: Path, fold_entry: Mapping) -> Path | None:
+    """The fold's directory as results.json names it (``dir``, relative to the run), if it is there."""
+    d = run_dir / fold_entry["dir"] if fold_entry.get("dir") else None
+    return d if d is not None and d.is_dir() else None
 
 
 def load_run(path: str | os.PathLike) -> Run:
@@ -149,15 +132,15 @@ def load_run(path: str | os.PathLike) -> Run:
     folds = []
     for i, entry in enumerate(results["folds"]):
         k = int(entry.get("fold", i))
-        d = _fold_dir(run_dir, entry, k)
+        d = _fold_dir(run_dir, entry)
         art = FoldArtifacts(fold=k, dir=d)
         if d is not None:
-            if (d / "log.jsonl").is_file():
-                art.log = _read_jsonl(d / "log.jsonl")
-            npz = _pick([p for p in d.glob("*.npz")], "test")
-            if npz is not None:
-                art.predictions = load_predictions(npz)
-            art.checkpoint = _pick([p for p in d.glob("*.pt")], "best")
+            if (d / LOG).is_file():
+                art.log = _read_jsonl(d / LOG)
+            if (d / PREDICTIONS).is_file():
+                art.predictions = load_predictions(d / PREDICTIONS)
+            if (d / BEST).is_file():
+                art.checkpoint = d / BEST
         folds.append(art)
     return Run(run_dir, results, folds)
 
@@ -399,7 +382,7 @@ def segment_attention(run: Run, data=None, segment: str | None = None) -> dict:
         return {"ok": False, "reason": f"{run.preset} is a non-neural baseline: it has no attention"}
     fold = next((f for f in run.folds if f.checkpoint is not None), None)
     if fold is None:
-        return {"ok": False, "reason": f"no checkpoint (*.pt) in the fold directories of {run.dir}"}
+        return {"ok": False, "reason": f"no checkpoint (best.pt) in the fold directories of {run.dir}"}
     if data is None:
         try:
             from .data import load_dataset
