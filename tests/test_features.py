@@ -210,6 +210,68 @@ def test_not_midi_raises(tmp_path):
         read_midi(p)
 
 
+def test_midi_reader_reads_back_a_pretty_midi_file(tmp_path):
+    pretty_midi = pytest.importorskip("pretty_midi")
+    midi = pretty_midi.PrettyMIDI(initial_tempo=60.0)  # 220 ticks per beat, one beat = 1 s: times are exact
+    piano, second = pretty_midi.Instrument(program=0), pretty_midi.Instrument(program=1)
+    piano.notes += [pretty_midi.Note(velocity=80, pitch=64, start=0.5, end=2.0),
+                    pretty_midi.Note(velocity=70, pitch=60, start=0.0, end=1.0)]
+    piano.control_changes += [pretty_midi.ControlChange(64, 100, 0.0), pretty_midi.ControlChange(64, 0, 1.5),
+                              pretty_midi.ControlChange(67, 30, 0.5)]
+    second.notes += [pretty_midi.Note(velocity=50, pitch=21, start=2.5, end=3.0),
+                     pretty_midi.Note(velocity=50, pitch=109, start=2.5, end=3.0)]  # above the piano range
+    second.control_changes += [pretty_midi.ControlChange(64, 40, 1.0)]
+    midi.instruments += [piano, second]
+    path = tmp_path / "written.mid"
+    midi.write(str(path))
+    perf = read_midi(path)
+    assert [(n.pitch, n.velocity) for n in perf.notes] == [(60, 70), (64, 80), (21, 50)]  # onset order, 109 dropped
+    assert [(n.start, n.end) for n in perf.notes] == [(0.0, 1.0), (0.5, 2.0), (2.5, 3.0)]
+    # Q-PEDALORDER: control changes come instrument by instrument (time-sorted within one), not merged by time
+    assert [(c.number, c.value, c.time) for c in perf.control_changes] == [(64, 100, 0.0), (67, 30, 0.5),
+                                                                           (64, 0, 1.5), (64, 40, 1.0)]
+    first, second_note, last = perf.notes
+    # sustain segments (0, 0), (0, 100), (1.0, 40): the release at 1.5 creates none (Q-PEDALRELEASE)
+    assert (first.pedal_at_start, first.pedal_at_end, first.soft_pedal) == (100, 40, 0)
+    assert (second_note.pedal_at_start, second_note.pedal_at_end, second_note.soft_pedal) == (100, 40, 30)
+    assert last.pedal_at_start == 40  # the last pressed value still holds
+    assert perf.end_time == 3.0
+
+
+def test_midi_reader_pairs_overlapping_notes_like_pretty_midi(tmp_path):
+    # two note-ons of one pitch, then one note-off: it closes both; a note-on on the note-off's tick stays open
+    track = [(0, b"\x90\x3c\x40"), (480, b"\x90\x3c\x50"), (480, b"\x80\x3c\x00"), (0, b"\x90\x3c\x60"),
+             (480, b"\x80\x3c\x00")]
+    path = tmp_path / "overlap.mid"
+    path.write_bytes(smf([track]))
+    got = [(n.velocity, n.start, n.end) for n in read_midi(path).notes]
+    assert got == [(64, 0.0, 1.0), (80, 0.5, 1.0), (96, 1.0, 1.5)]  # 120 bpm default tempo
+
+
+def test_midi_tempo_outside_track_0_is_ignored_with_a_warning(tmp_path):
+    tempo = b"\xff\x51\x03" + (1_000_000).to_bytes(3, "big")  # 60 bpm, but on track 1
+    path = tmp_path / "tempo.mid"
+    path.write_bytes(smf([[], [(0, tempo), (0, b"\x90\x3c\x40"), (480, b"\x80\x3c\x00")]]))
+    with pytest.warns(RuntimeWarning, match="tempo changes outside track 0"):
+        perf = read_midi(path)
+    assert [(n.start, n.end) for n in perf.notes] == [(0.0, 0.5)]  # still the default 120 bpm
+
+
+@pytest.mark.parametrize("division, msg", [(0xE728, "SMPTE"), (0, "0 ticks per beat")])
+def test_midi_unsupported_time_division_raises(tmp_path, division, msg):
+    path = tmp_path / "smpte.mid"
+    path.write_bytes(smf([[(0, b"\x90\x3c\x40"), (40, b"\x80\x3c\x00")]], division=division))
+    with pytest.raises(MidiFileError, match=msg):
+        read_midi(path)
+
+
+def test_truncated_midi_raises(tmp_path):
+    path = tmp_path / "cut.mid"
+    path.write_bytes(smf([[(0, b"\x90\x3c\x40"), (480, b"\x80\x3c\x00")]])[:-6])
+    with pytest.raises(MidiFileError):
+        read_midi(path)
+
+
 # ------------------------------------------------------------------------------------------- cleaning & dynamics
 class _N:
     def __init__(self, pos, grace=False):

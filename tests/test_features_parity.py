@@ -148,7 +148,7 @@ def checkpoint(tmp_path_factory):
     """A small random-weight checkpoint in the `percepiano train` format (format, model_state, model_config)."""
     import torch
     from percepiano import ModelConfig, PercePianoModel
-    from percepiano.training import CHECKPOINT_FORMAT
+    from percepiano.checkpoints import CHECKPOINT_FORMAT
     cfg = ModelConfig(hidden_size=16, num_heads=4)
     torch.manual_seed(0)
     model = PercePianoModel(cfg)

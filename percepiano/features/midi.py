@@ -1,22 +1,24 @@
-"""Performance-MIDI reading with pedal information, standard library only.
+"""Performance-MIDI reading with pedal information.
 
-A small Standard MIDI File reader that reproduces what the original pipeline got from pretty_midi 0.2.x
-(``PrettyMIDI`` + ``midi_utils.to_midi_zero`` + ``add_pedal_inf_to_notes``):
+The file is read with pretty_midi, as the original does (``midi_utils.to_midi_zero``), so its semantics hold by
+construction: tempo map from track 0 only; a note-off (or note-on with velocity 0) closes *every* open note of
+that channel/pitch that did not start on the same tick; instruments are (program, channel, track) in order of
+first note, and control changes on a channel/track that never carries a note are lost. Then, as
+``to_midi_zero`` + ``add_pedal_inf_to_notes`` do:
 
-* tempo map from track 0 only, tick times as ``segment_start + tick_scale * ticks`` (float64);
-* note pairing: a note-off (or note-on with velocity 0) closes *every* open note of that channel/pitch that did
-  not start on the same tick; instruments are (program, channel, track) in order of first note; control changes
-  on a channel/track that never carries a note are lost;
 * all instruments merged in that order, pitches outside 21-108 and notes with end <= start dropped, notes
   stably sorted by onset; control changes concatenated instrument by instrument, *not* re-sorted (Q-PEDALORDER);
 * pedal segments (``read_sustain_pedal``): a dummy (t=0, value 0) segment, then one segment per CC value > 0; a
   value of 0 only closes the open segment (Q-PEDALRELEASE), so after a release the last non-zero value still
   "holds" until the next press.
+
+``docs/features.md`` ("Why these readers") records the check that this gives the same notes and pedal values as
+the hand-written reader it replaced, on every MIDI file of the dataset.
 """
 from __future__ import annotations
 
 import math
-import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,141 +59,34 @@ class Performance:
     path: str = ""
 
 
-def _varlen(data: bytes, i: int) -> tuple:
-    value = 0
-    for _ in range(4):
-        if i >= len(data):
-            raise MidiFileError("truncated variable-length number")
-        b = data[i]
-        i += 1
-        value = (value << 7) | (b & 0x7F)
-        if not b & 0x80:
-            return value, i
-    raise MidiFileError("variable-length number too long")
-
-
-_DATA_LEN = {0x80: 2, 0x90: 2, 0xA0: 2, 0xB0: 2, 0xC0: 1, 0xD0: 1, 0xE0: 2}
-
-
-def _read_tracks(data: bytes) -> tuple:
-    if len(data) < 14 or data[:4] != b"MThd":
-        raise MidiFileError("not a Standard MIDI File (no MThd header)")
-    hlen, fmt, ntracks, division = struct.unpack(">IHHH", data[4:14])
-    if fmt not in (0, 1, 2):
-        raise MidiFileError(f"unknown MIDI file format {fmt}")
-    if division & 0x8000:
-        raise MidiFileError("SMPTE time division is not supported")
-    if division == 0:
-        raise MidiFileError("MIDI file with 0 ticks per beat")
-    i = 8 + hlen
-    tracks = []
-    while len(tracks) < ntracks and i + 8 <= len(data):
-        tag, length = data[i:i + 4], struct.unpack(">I", data[i + 4:i + 8])[0]
-        i += 8
-        chunk = data[i:i + length]
-        i += length
-        if tag != b"MTrk":
-            continue
-        tracks.append(_parse_track(chunk))
-    if not tracks:
-        raise MidiFileError("MIDI file without tracks")
-    return division, tracks
-
-
-def _parse_track(chunk: bytes) -> list:
-    """Events as (abs_tick, kind, channel, a, b); kind in note_on/note_off/cc/program/tempo."""
-    events = []
-    i = 0
-    tick = 0
-    status = None
-    n = len(chunk)
-    while i < n:
-        delta, i = _varlen(chunk, i)
-        tick += delta
-        if i >= n:
-            break
-        byte = chunk[i]
-        if byte < 0x80:
-            if status is None:
-                raise MidiFileError("running status without a previous status byte")
-            cur = status
-        else:
-            cur = byte
-            i += 1
-            if cur != 0xFF:
-                status = cur
-        if cur == 0xFF:
-            if i >= n:
-                raise MidiFileError("truncated meta event")
-            mtype = chunk[i]
-            length, i = _varlen(chunk, i + 1)
-            payload = chunk[i:i + length]
-            i += length
-            if mtype == 0x51 and len(payload) == 3:
-                events.append((tick, "tempo", 0, (payload[0] << 16) | (payload[1] << 8) | payload[2], 0))
-            elif mtype == 0x2F:
-                events.append((tick, "end", 0, 0, 0))
-            else:
-                events.append((tick, "meta", 0, 0, 0))
-        elif cur in (0xF0, 0xF7):
-            length, i = _varlen(chunk, i)
-            i += length
-            events.append((tick, "sysex", 0, 0, 0))
-        elif cur >= 0xF0:
-            raise MidiFileError(f"unexpected status byte 0x{cur:02X} in a track")
-        else:
-            kind, ch = cur & 0xF0, cur & 0x0F
-            nbytes = _DATA_LEN[kind]
-            vals = chunk[i:i + nbytes]
-            if len(vals) < nbytes:
-                raise MidiFileError("truncated channel message")
-            if any(v > 127 for v in vals):
-                raise MidiFileError("data byte out of range")
-            i += nbytes
-            a = vals[0]
-            b = vals[1] if nbytes == 2 else 0
-            if kind == 0x90:
-                events.append((tick, "note_on", ch, a, b))
-            elif kind == 0x80:
-                events.append((tick, "note_off", ch, a, b))
-            elif kind == 0xB0:
-                events.append((tick, "cc", ch, a, b))
-            elif kind == 0xC0:
-                events.append((tick, "program", ch, a, 0))
-            else:
-                events.append((tick, "other", ch, a, b))
-    return events
-
-
-def _tick_scales(tracks: list, resolution: int) -> list:
-    scales = [(0, 60.0 / (120.0 * resolution))]
-    for tick, kind, _, tempo, _ in tracks[0]:
-        if kind != "tempo" or tempo == 0:
-            continue
-        if tick == 0:
-            bpm = 6e7 / tempo
-            scales = [(0, 60.0 / (bpm * resolution))]
-        else:
-            scale = 60.0 / ((6e7 / tempo) * resolution)
-            if scale != scales[-1][1]:
-                scales.append((tick, scale))
-    return scales
-
-
-class _Clock:
-    """tick -> seconds exactly as pretty_midi's tick_to_time table computes it."""
-
-    def __init__(self, scales: list):
-        self.ticks = [t for t, _ in scales]
-        self.scales = [s for _, s in scales]
-        self.starts = [0.0]
-        for k in range(1, len(scales)):
-            prev = self.starts[-1] + self.scales[k - 1] * (self.ticks[k] - self.ticks[k - 1])
-            self.starts.append(prev)
-
-    def __call__(self, tick: int) -> float:
-        k = binary_index(self.ticks, tick)
-        return self.starts[k] + self.scales[k] * (tick - self.ticks[k])
+def _load(path: Path):
+    """The file as a ``pretty_midi.PrettyMIDI``; any unreadable file raises MidiFileError."""
+    try:
+        import mido
+        import pretty_midi
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("reading MIDI needs pretty_midi: pip install 'percepiano[features]'") from exc
+    try:
+        midi_file = mido.MidiFile(filename=path)
+    except (OSError, EOFError, ValueError, KeyError, IndexError) as exc:
+        raise MidiFileError(f"{path}: not a readable Standard MIDI File ({exc})") from exc
+    # mido reads the division as a signed number: SMPTE timing is negative, and pretty_midi only knows ticks per beat
+    if midi_file.ticks_per_beat < 0:
+        raise MidiFileError(f"{path}: SMPTE time division is not supported")
+    if midi_file.ticks_per_beat == 0:
+        raise MidiFileError(f"{path}: MIDI file with 0 ticks per beat")
+    if not midi_file.tracks or not any(midi_file.tracks):
+        raise MidiFileError(f"{path}: MIDI file without events")
+    if any(event.type == "set_tempo" for track in midi_file.tracks[1:] for event in track):
+        warnings.warn(f"{path}: tempo changes outside track 0 are ignored (as pretty_midi and the original do)",
+                      RuntimeWarning, stacklevel=3)
+    try:
+        with warnings.catch_warnings():
+            # its warning also covers key and time signatures outside track 0, which no feature reads
+            warnings.filterwarnings("ignore", message="Tempo, Key or Time signature", category=RuntimeWarning)
+            return pretty_midi.PrettyMIDI(mido_object=midi_file)
+    except (ValueError, KeyError, IndexError) as exc:  # e.g. pretty_midi's MAX_TICK guard against corrupt files
+        raise MidiFileError(f"{path}: {exc}") from exc
 
 
 def read_midi(path: str | Path, pitch_range: tuple = (21, 108), pedal_release_fix: bool = False) -> Performance:
@@ -202,62 +97,19 @@ def read_midi(path: str | Path, pitch_range: tuple = (21, 108), pedal_release_fi
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such MIDI file: {path}")
-    data = path.read_bytes()
-    resolution, tracks = _read_tracks(data)
-    clock = _Clock(_tick_scales(tracks, resolution))
-    instruments: dict = {}   # (program, channel, track) -> {"notes": [], "cc": []}
-    stragglers: dict = {}    # (channel, track) -> cc list of a channel with no note yet
-    for t_idx, events in enumerate(tracks):
-        program = [0] * 16
-        open_notes: dict = {}
-        for tick, kind, ch, a, b in events:
-            if kind == "program":
-                program[ch] = a
-            elif kind == "note_on" and b > 0:
-                open_notes.setdefault((ch, a), []).append((tick, b))
-            elif kind == "note_off" or (kind == "note_on" and b == 0):
-                key = (ch, a)
-                if key not in open_notes:
-                    continue
-                pending = open_notes[key]
-                close = [(s, v) for s, v in pending if s != tick]
-                keep = [(s, v) for s, v in pending if s == tick]
-                if close:
-                    inst = _instrument(instruments, stragglers, program[ch], ch, t_idx)
-                    for s, v in close:
-                        inst["notes"].append(PerfNote(a, v, clock(s), clock(tick)))
-                if close and keep:
-                    open_notes[key] = keep
-                else:
-                    del open_notes[key]
-            elif kind == "cc":
-                ident = (program[ch], ch, t_idx)
-                if ident in instruments:
-                    target = instruments[ident]["cc"]
-                else:
-                    target = stragglers.setdefault((ch, t_idx), [])
-                target.append(ControlChange(a, b, clock(tick)))
-    notes, ccs = [], []
+    midi = _load(path)
     lo, hi = pitch_range
-    for inst in instruments.values():
-        notes += [n for n in inst["notes"] if lo <= n.pitch <= hi]
-        ccs += inst["cc"]
-    notes = [n for n in notes if n.end > n.start]
+    notes, ccs = [], []
+    for inst in midi.instruments:
+        notes += [PerfNote(int(n.pitch), int(n.velocity), float(n.start), float(n.end))
+                  for n in inst.notes if lo <= n.pitch <= hi]
+        ccs += [ControlChange(int(c.number), int(c.value), float(c.time)) for c in inst.control_changes]
+    notes = [n for n in notes if n.end > n.start]  # Instrument.remove_invalid_notes
     end_time = max([n.end for n in notes] + [c.time for c in ccs] + [0.0])
     notes.sort(key=lambda n: n.start)
     perf = Performance(notes=notes, control_changes=ccs, end_time=end_time, path=str(path))
     add_pedal_info(perf, pedal_release_fix)
     return perf
-
-
-def _instrument(instruments: dict, stragglers: dict, program: int, ch: int, track: int) -> dict:
-    ident = (program, ch, track)
-    if ident not in instruments:
-        inst = {"notes": [], "cc": []}
-        if (ch, track) in stragglers:
-            inst["cc"] = stragglers[(ch, track)]
-        instruments[ident] = inst
-    return instruments[ident]
 
 
 @dataclass(eq=False)

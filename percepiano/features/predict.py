@@ -64,30 +64,19 @@ class Prediction:
 
 
 def load_model(path: str | Path):
-    """Model from a ``percepiano train`` checkpoint (torch.load with weights_only=True)."""
-    import torch
-    from .. import ModelConfig, PercePianoModel
+    """Model from a ``percepiano train`` checkpoint (:mod:`percepiano.checkpoints`; no pickle)."""
+    from ..checkpoints import load_checkpoint, model_from_checkpoint
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ck, dict):
-        raise CheckpointError(f"{path}: expected a checkpoint dict from `percepiano train`")
-    cfg = ck.get("model_config", ck.get("config"))
-    state = ck.get("model_state", ck.get("state_dict", ck.get("model")))
-    if not isinstance(cfg, dict) or not isinstance(state, dict):
-        raise CheckpointError(f"{path}: no model config / model state in it (is it a `percepiano train` checkpoint?)")
+        ck = load_checkpoint(path)  # its messages name the file
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     try:
-        model = PercePianoModel(ModelConfig.from_dict(cfg))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: its model config is not usable: {exc}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: the weights do not fit the model config: {exc}") from None
+        model = model_from_checkpoint(ck)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     model.eval()
     if model.config.input_size not in FEATURE_COLUMNS:
         raise CheckpointError(f"{path}: model input size {model.config.input_size} is neither 101 nor 9")
