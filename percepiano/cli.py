@@ -1,17 +1,22 @@
 """Command-line entry point: ``percepiano <command> ...``.
 
-Each module in :mod:`percepiano.commands` contributes its subcommands through a ``register(subparsers)``
-function that adds parsers and sets ``func`` (called with the parsed namespace, returning an exit code).
-The library itself never parses arguments.
+Each command is a module of :mod:`percepiano.commands` named after it, with a ``register(subparsers)`` that
+adds its parser and sets ``func`` (called with the parsed namespace, returning an exit code). The library
+itself never parses arguments.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
 import sys
 
-from . import __version__, commands
+from . import __version__
+
+# The commands in the order of a user's workflow (the order of ``percepiano --help``).
+COMMANDS = (
+    "data_summary", "train", "cv", "evaluate", "gate", "report",
+    "parity", "predict", "features_parity", "features_extract",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,11 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"percepiano {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):  # shared helpers of the commands, not a command
-            continue
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        module.register(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"percepiano.commands.{name}").register(sub)
     return parser
 
 

@@ -37,28 +37,30 @@ FEATURE_SETS: dict[str, tuple[int, ...]] = {
     "full": tuple(range(INPUT_DIM)),
     "performance_only": tuple(range(92, INPUT_DIM)),
 }
-# The 19 labels in the order of the label vectors (the processed data's ``label_names``).
-LABEL_NAMES = (
-    "Timing_Stable_Unstable",
-    "Articulation_Long_Short",
-    "Articulation_Soft_cushioned_Hard_solid",
-    "Pedal_Sparse/dry_Saturated/wet",
-    "Pedal_Clean_Blurred",
-    "Timbre_Even_Colorful",
-    "Timbre_Shallow_Rich",
-    "Timbre_Bright_Dark",
-    "Timbre_Soft_Loud",
-    "Dynamic_Sophisticated/mellow_Raw/crude",
-    "Dynamic_Little_dynamic_range_Large_dynamic_range",
-    "Music_Making_Fast_paced_Slow_paced",
-    "Music_Making_Flat_Spacious",
-    "Music_Making_Disproportioned_Balanced",
-    "Music_Making_Pure_Dramatic/expressive",
-    "Emotion_&_Mood_Optimistic/pleasant_Dark",
-    "Emotion_&_Mood_Low_Energy_High_Energy",
-    "Emotion_&_Mood_Honest_Imaginative",
-    "Interpretation_Unsatisfactory/doubtful_Convincing",
+# The 19 labels in the order of the label vectors (the original's ``LABEL_LIST19``; the processed data's
+# ``label_names``), each with its category and scale ends: a rating of 1 means the first word, 7 the second.
+LABELS = (
+    ("Timing_Stable_Unstable", "Timing", "stable", "unstable"),
+    ("Articulation_Long_Short", "Articulation", "long", "short"),
+    ("Articulation_Soft_cushioned_Hard_solid", "Articulation", "soft/cushioned", "hard/solid"),
+    ("Pedal_Sparse/dry_Saturated/wet", "Pedal", "sparse/dry", "saturated/wet"),
+    ("Pedal_Clean_Blurred", "Pedal", "clean", "blurred"),
+    ("Timbre_Even_Colorful", "Timbre", "even", "colorful"),
+    ("Timbre_Shallow_Rich", "Timbre", "shallow", "rich"),
+    ("Timbre_Bright_Dark", "Timbre", "bright", "dark"),
+    ("Timbre_Soft_Loud", "Timbre", "soft", "loud"),
+    ("Dynamic_Sophisticated/mellow_Raw/crude", "Dynamic", "sophisticated/mellow", "raw/crude"),
+    ("Dynamic_Little_dynamic_range_Large_dynamic_range", "Dynamic", "little dynamic range", "large dynamic range"),
+    ("Music_Making_Fast_paced_Slow_paced", "Music making", "fast-paced", "slow-paced"),
+    ("Music_Making_Flat_Spacious", "Music making", "flat", "spacious"),
+    ("Music_Making_Disproportioned_Balanced", "Music making", "disproportioned", "balanced"),
+    ("Music_Making_Pure_Dramatic/expressive", "Music making", "pure", "dramatic/expressive"),
+    ("Emotion_&_Mood_Optimistic/pleasant_Dark", "Emotion & mood", "optimistic/pleasant", "dark"),
+    ("Emotion_&_Mood_Low_Energy_High_Energy", "Emotion & mood", "low energy", "high energy"),
+    ("Emotion_&_Mood_Honest_Imaginative", "Emotion & mood", "honest", "imaginative"),
+    ("Interpretation_Unsatisfactory/doubtful_Convincing", "Interpretation", "unsatisfactory/doubtful", "convincing"),
 )
+LABEL_NAMES = tuple(name for name, _, _, _ in LABELS)
 NUM_LABELS = len(LABEL_NAMES)  # ``--num_labels 19``
 # Labels are ratings 1..7 divided by 7: in (0, 1], the model's sigmoid range.
 RATING_SCALE = (1, 7)

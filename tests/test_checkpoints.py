@@ -9,7 +9,7 @@ import torch
 
 from percepiano import checkpoints as C
 from percepiano.config import get_preset
-from percepiano.features.predict import CheckpointError, load_model
+from percepiano.features.rating import CheckpointError, load_model
 
 EXACT = dict(rtol=0, atol=0)
 

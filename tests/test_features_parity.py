@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from percepiano.features import parity
+from percepiano.features import agreement
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "percepiano"
@@ -55,19 +55,19 @@ CI_SEGMENTS = ["Beethoven_WoO80_var18_8bars_7_12", "Beethoven_WoO80_var18_8bars_
 CI_ALIGNER_SEGMENTS = ["Schubert_D960_mv2_8bars_1_01", "Beethoven_WoO80_var25_8bars_1_14",
                        "Schubert_D935_no.3_4bars_1_5", "Beethoven_WoO80_var6_8bars_1_5",
                        "Schubert_D960_mv2_8bars_1_09", "Beethoven_WoO80_var18_8bars_7_12"]
-#: pair agreement floor on that small subset (the full-set targets are in parity.PAIR_*_TARGET)
+#: pair agreement floor on that small subset (the full-set targets are in agreement.PAIR_*_TARGET)
 CI_PAIR_F1 = 0.95
 
 
 @pytest.fixture(scope="module")
 def ref():
-    return parity.load_reference(DATA)
+    return agreement.load_reference(DATA)
 
 
 @needs_data
 @pytest.mark.parity
 def test_score_side_ci_excerpts(ref):
-    r = parity.score_parity(ref, RAW, limit=CI_EXCERPTS)
+    r = agreement.score_parity(ref, RAW, limit=CI_EXCERPTS)
     assert r["excerpts"] == len(CI_EXCERPTS)
     assert r["differing_excerpts"] == {}
     assert r["identical_rows"] == r["score_rows"] > 0
@@ -79,7 +79,7 @@ def test_score_side_ci_excerpts(ref):
 def test_full_matrix_with_original_pairs_ci_segments(ref):
     missing = [s for s in CI_SEGMENTS if s not in ref.index]
     assert not missing, missing
-    r = parity.corresp_parity(ref, RAW, ALIGN, limit=CI_SEGMENTS)
+    r = agreement.corresp_parity(ref, RAW, ALIGN, limit=CI_SEGMENTS)
     assert r["differing_segments"] == {}
     assert r["identical_segments"] == len(CI_SEGMENTS)
     assert r["identical_rows"] == r["rows"] > 0
@@ -89,7 +89,7 @@ def test_full_matrix_with_original_pairs_ci_segments(ref):
 @pytest.mark.parity
 def test_aligner_ci_segments(ref):
     pytest.importorskip("parangonar", reason="the aligner needs the `features` extra (parangonar)")
-    r = parity.aligner_parity(ref, RAW, limit=CI_ALIGNER_SEGMENTS)
+    r = agreement.aligner_parity(ref, RAW, limit=CI_ALIGNER_SEGMENTS)
     assert r["segments"] == len(CI_ALIGNER_SEGMENTS) and not r["errors"]
     f1 = 2 * r["common_pairs"] / (r["original_pairs"] + r["our_pairs"])
     assert f1 >= CI_PAIR_F1
@@ -102,7 +102,7 @@ def test_extract_result_is_model_ready(ref):
     pytest.importorskip("parangonar", reason="the aligner needs the `features` extra (parangonar)")
     from percepiano.features.pipeline import extract
     seg = "Beethoven_WoO80_var25_8bars_1_14"
-    res = extract(parity.score_xml_for(ref, seg, RAW), parity.perf_midi_for(ref, seg, RAW))
+    res = extract(agreement.score_xml_for(ref, seg, RAW), agreement.perf_midi_for(ref, seg, RAW))
     assert res.x.dtype == np.float32 and res.x.shape[1] == 101
     for key in ("beat", "measure", "section"):
         steps = np.diff(res.locations[key])
@@ -117,7 +117,7 @@ def test_extract_result_is_model_ready(ref):
 @pytest.mark.slow
 @pytest.mark.parity
 def test_score_side_all_excerpts(ref):
-    r = parity.score_parity(ref, RAW)
+    r = agreement.score_parity(ref, RAW)
     assert r["excerpts"] == 98
     assert r["identical_rows"] == r["score_rows"] == 12413
 
@@ -127,7 +127,7 @@ def test_score_side_all_excerpts(ref):
 @pytest.mark.slow
 @pytest.mark.parity
 def test_full_matrix_with_original_pairs_all_segments(ref):
-    r = parity.corresp_parity(ref, RAW, ALIGN)
+    r = agreement.corresp_parity(ref, RAW, ALIGN)
     assert r["identical_segments"] == r["segments"] == 1192
     assert r["identical_rows"] == r["rows"] == 168677
 
@@ -137,8 +137,8 @@ def test_full_matrix_with_original_pairs_all_segments(ref):
 @pytest.mark.parity
 def test_aligner_all_well_matched_segments_and_all_files(ref):
     pytest.importorskip("parangonar", reason="the aligner needs the `features` extra (parangonar)")
-    r = parity.aligner_parity(ref, RAW, all_files=True)
-    failed = [what for what, ok in parity.aligner_verdict(r) if not ok]
+    r = agreement.aligner_parity(ref, RAW, all_files=True)
+    failed = [what for what, ok in agreement.aligner_verdict(r) if not ok]
     assert not failed, failed
 
 
@@ -163,9 +163,9 @@ def test_predict_json_and_table(ref, checkpoint, capsys):
     pytest.importorskip("parangonar", reason="predict needs the `features` extra (parangonar)")
     import json
     from percepiano.cli import main
-    from percepiano.features.predict import LABEL_NAMES
+    from percepiano.constants import LABEL_NAMES
     seg = "Schubert_D960_mv2_8bars_1_01"
-    args = ["predict", str(parity.perf_midi_for(ref, seg, RAW)), "--score", str(parity.score_xml_for(ref, seg, RAW)),
+    args = ["predict", str(agreement.perf_midi_for(ref, seg, RAW)), "--score", str(agreement.score_xml_for(ref, seg, RAW)),
             "--checkpoint", str(checkpoint)]
     assert main(args + ["--format", "json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -181,8 +181,8 @@ def test_predict_json_and_table(ref, checkpoint, capsys):
 def test_predict_refuses_another_piece(ref, checkpoint, capsys):
     pytest.importorskip("parangonar", reason="predict needs the `features` extra (parangonar)")
     from percepiano.cli import main
-    perf = parity.perf_midi_for(ref, "Schubert_D960_mv2_8bars_1_01", RAW)
-    score = parity.score_xml_for(ref, "Beethoven_WoO80_var25_8bars_1_14", RAW)
+    perf = agreement.perf_midi_for(ref, "Schubert_D960_mv2_8bars_1_01", RAW)
+    score = agreement.score_xml_for(ref, "Beethoven_WoO80_var25_8bars_1_14", RAW)
     code = main(["predict", str(perf), "--score", str(score), "--checkpoint", str(checkpoint)])
     err = capsys.readouterr().err
     assert code == 2 and "does not look like a performance of this score" in err and "Traceback" not in err
@@ -191,14 +191,14 @@ def test_predict_refuses_another_piece(ref, checkpoint, capsys):
 @needs_data
 def test_e2e_check_runs(ref, checkpoint):
     pytest.importorskip("parangonar", reason="the e2e check needs the `features` extra (parangonar)")
-    from percepiano.features.predict import load_model
+    from percepiano.features.rating import load_model
     segs = ["Schubert_D960_mv2_8bars_1_01", "Beethoven_WoO80_var25_8bars_1_14", "Schubert_D935_no.3_4bars_1_5",
             "Beethoven_WoO80_thema_8bars_1_1"]
-    r = parity.e2e_parity(ref, RAW, load_model(checkpoint), limit=segs)
+    r = agreement.e2e_parity(ref, RAW, load_model(checkpoint), limit=segs)
     assert not r["errors"] and r["well"]["segments"] == 3 and r["poor"]["segments"] == 1
     # var25 and D935 _1_5 re-extract identically, so their predictions agree; all are finite
     assert np.isfinite(r["well"]["mean_abs_delta_sd"]) and r["well"]["mean_abs_delta_sd"] < 0.5
-    assert [w for w, _ in parity.e2e_verdict(r)]
+    assert [w for w, _ in agreement.e2e_verdict(r)]
 
 
 @needs_data
@@ -214,5 +214,5 @@ def test_reextract_with_original_pairs_reproduces_the_npz(ref, tmp_path):
         for key in ("note_beat", "note_measure", "note_section", "note_voice", "note_kind", "align_matched",
                     "articulation_loss_weight", "offsets", "labels", "composition_split"):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-        assert parity.identical(b["input"].astype(np.float64), a["input"].astype(np.float64)).all()
+        assert agreement.identical(b["input"].astype(np.float64), a["input"].astype(np.float64)).all()
     assert len(load_dataset(out)) == 1192

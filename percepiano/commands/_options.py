@@ -3,6 +3,7 @@ their translation into a :class:`~percepiano.training.TrainConfig` and model ove
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -63,3 +64,14 @@ def train_config(args):
 
 def model_overrides(args) -> dict:
     return {"hidden_size": args.hidden_size} if args.hidden_size is not None else {}
+
+
+def existing_path(value: str | None, env: str, what: str) -> Path:
+    """``value``, else ``$env``, as a path that exists (a file or a folder); a clear error naming ``what``."""
+    value = value or os.environ.get(env)
+    if not value:
+        raise ValueError(f"{what} is required: pass it or set ${env}")
+    path = Path(value)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path

@@ -365,7 +365,7 @@ def e2e_parity(ref: Reference, raw: Path, model, scheme: str = "composition", fo
     """
     import torch
     from .pipeline import extract, load_score
-    from .predict import FEATURE_COLUMNS
+    from .rating import FEATURE_COLUMNS
     from ..metrics import r2
     z = np.load(ref_path(ref), allow_pickle=False)
     labels = z["labels"].astype(np.float64)

@@ -6,37 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-#: The 19 labels in model-output order (FEATURES.md §4, LABEL_LIST19 of the original), with their scale ends:
-#: a rating of 1 means the first word, 7 the second.
-LABELS = (
-    ("Timing_Stable_Unstable", "Timing", "stable", "unstable"),
-    ("Articulation_Long_Short", "Articulation", "long", "short"),
-    ("Articulation_Soft_cushioned_Hard_solid", "Articulation", "soft/cushioned", "hard/solid"),
-    ("Pedal_Sparse/dry_Saturated/wet", "Pedal", "sparse/dry", "saturated/wet"),
-    ("Pedal_Clean_Blurred", "Pedal", "clean", "blurred"),
-    ("Timbre_Even_Colorful", "Timbre", "even", "colorful"),
-    ("Timbre_Shallow_Rich", "Timbre", "shallow", "rich"),
-    ("Timbre_Bright_Dark", "Timbre", "bright", "dark"),
-    ("Timbre_Soft_Loud", "Timbre", "soft", "loud"),
-    ("Dynamic_Sophisticated/mellow_Raw/crude", "Dynamic", "sophisticated/mellow", "raw/crude"),
-    ("Dynamic_Little_dynamic_range_Large_dynamic_range", "Dynamic", "little dynamic range", "large dynamic range"),
-    ("Music_Making_Fast_paced_Slow_paced", "Music making", "fast-paced", "slow-paced"),
-    ("Music_Making_Flat_Spacious", "Music making", "flat", "spacious"),
-    ("Music_Making_Disproportioned_Balanced", "Music making", "disproportioned", "balanced"),
-    ("Music_Making_Pure_Dramatic/expressive", "Music making", "pure", "dramatic/expressive"),
-    ("Emotion_&_Mood_Optimistic/pleasant_Dark", "Emotion & mood", "optimistic/pleasant", "dark"),
-    ("Emotion_&_Mood_Low_Energy_High_Energy", "Emotion & mood", "low energy", "high energy"),
-    ("Emotion_&_Mood_Honest_Imaginative", "Emotion & mood", "honest", "imaginative"),
-    ("Interpretation_Unsatisfactory/doubtful_Convincing", "Interpretation", "unsatisfactory/doubtful", "convincing"),
-)
-LABEL_NAMES = tuple(name for name, _, _, _ in LABELS)
+from ..constants import FEATURE_SETS, LABELS
+
 #: below this share of matched score notes the features are unreliable (the original silently kept 75 such segments)
 LOW_MATCH_WARNING = 0.8
 #: below this share the performance is taken to be of another piece (or not a performance of the score at all).
 #: Measured on the dataset: genuine performances match >= 58 % of their score notes except one known bad one
 #: (24 %); performances of *other* excerpts match 5-32 %, and 45 % for an excerpt that covers half the score.
 MIN_MATCH = 0.5
-FEATURE_COLUMNS = {101: slice(0, 101), 9: slice(92, 101)}  # full model / performance-only baseline
+# the input columns a model of each input size reads: the full model, the performance-only baseline
+FEATURE_COLUMNS = {len(cols): list(cols) for cols in FEATURE_SETS.values()}
 
 
 class CheckpointError(ValueError):
@@ -44,7 +23,7 @@ class CheckpointError(ValueError):
 
 
 @dataclass
-class Prediction:
+class Rating:
     ratings: np.ndarray                   # (19,) in [0, 1] (label scale: mean rating / 7)
     match_rate: float
     n_score_notes: int
@@ -100,7 +79,8 @@ def check_alignment(result, min_match: float = MIN_MATCH) -> list:
     return warnings
 
 
-def predict(model, result) -> np.ndarray:
+def rate(model, result) -> np.ndarray:
+    """The 19 ratings (sigmoid outputs, in (0, 1]: mean rating / 7) of ``model`` for one extracted performance."""
     import torch
     x, lengths, locs = result.model_inputs
     x = x[:, :, FEATURE_COLUMNS[model.config.input_size]]
