@@ -1,8 +1,9 @@
 """Model configuration: one frozen dataclass, presets in a dict, deviations listed by name.
 
-Defaults are the published HAN (reference_spec §1.2, §3): the yml ``ymls/shared/label19/han_bigger256_concat.yml``
-with the script flags of ``scripts/*/0_run_*_multilevel_measure.sh``. Every field that can make the model
-differ from the original is a *named deviation* whose default is the original behaviour.
+Defaults are the published HAN (docs/original.md#hyperparameters, #model): the yml
+``ymls/shared/label19/han_bigger256_concat.yml`` with the script flags of
+``scripts/*/0_run_*_multilevel_measure.sh``. Every field that can make the model differ from the original is a
+*named deviation* whose default is the original behaviour.
 """
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ def describe_deviations(cfg: ModelConfig) -> list[str]:
     ]
 
 
-# Published models (reference_spec §1.1): which run of the original each preset reproduces.
+# Published models (docs/original.md#published-runs): which run of the original each preset reproduces.
 PRESETS: dict[str, ModelConfig] = {
     "han": ModelConfig(input_size=101, level="measure"),  # "Bi-LSTM + SA + HAN" (Ours): measure level, 101 dims
     "bilstm": ModelConfig(input_size=9, level="note"),  # Bi-LSTM baseline: note level on the 9 performance-only dims

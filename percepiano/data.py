@@ -4,8 +4,8 @@ The input is the pickle-free ``percepiano_vnet_m2pf.npz`` (see the dataset's FEA
 concatenated, segment ``i`` being rows ``offsets[i]:offsets[i+1]``. Everything is checked on load, and a bad file
 fails with a :class:`ValueError` naming the file, the array and the first offending segment (id and index).
 
-What the original feeds the model (reference_spec §2): one sample = one whole segment (no slicing for this
-data), the 19 labels, and the ``note_locations`` dict (beat/measure/section/voice) zero-padded by
+What the original feeds the model (docs/original.md#data-interface): one sample = one whole segment (no slicing for
+this data), the 19 labels, and the ``note_locations`` dict (beat/measure/section/voice) zero-padded by
 ``FeatureCollate``. The original packs the input with ``pack_sequence``; here it is zero-padded with explicit
 ``lengths``, which carries the same information (``pack_padded_sequence(x, lengths)`` recovers the same packed
 data, see tests/test_data.py).

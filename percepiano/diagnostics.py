@@ -1,12 +1,13 @@
-"""Diagnostics for debugging rounds: the numbers the prior replication log computed by hand, computed once, right.
+"""Diagnostics for debugging rounds: the numbers the prior replication attempt computed by hand, computed once, right.
 
-Each diagnostic answers one question the prior log (``prior_replication_log.md``) got wrong or had to guess:
+Each diagnostic answers one question the prior replication attempt (``docs/debugging_rounds.md``) got wrong or had
+to guess:
 
 - :func:`attention_entropy` — how peaked is the attention of each level? Normalized entropy
   ``H(p) / log(n)`` per segment of size ``n`` and per head, 1 = uniform, 0 = one-hot. Segments of size 1 have
   no defined normalized entropy (``log 1 = 0``); they are *excluded* and counted separately, never averaged
   in as 0 or 1. Near-uniform attention at init (≈ 0.998 for beats) is a property of the original, not a bug
-  (reference_spec §4).
+  (docs/original.md#behaviour-at-init).
 - :func:`prediction_spread` — the collapse detector: ``std(pred) / std(label)`` per label on one split; a
   label is *collapsed* below :data:`COLLAPSE_RATIO`.
 - :func:`hierarchy_gain` — the paper's hierarchy gain: mean test R² of ``han`` minus mean test R² of
@@ -162,7 +163,7 @@ def entropy_from_intermediates(
     Segments are rebuilt from ``note_locations`` with the model's own hierarchy functions and boundary rule.
     The ``pool`` attention is one distribution per sample over what the level pools (notes, beat or measure
     nodes); its entropy is taken over the sample's real positions, renormalized, and the weight the original
-    puts on padding (note-pooled levels do not mask it, reference_spec §3.8) is reported as
+    puts on padding (note-pooled levels do not mask it, docs/original.md#levels-and-pooling) is reported as
     ``max_weight_on_padding``.
     """
     out = into if into is not None else {}
@@ -479,7 +480,7 @@ def run_deviations(results: Mapping) -> list[RunDeviation]:
         ref = TrainConfig().to_dict()
         for k, v in train.items():
             if k in ref and ref[k] != v and k not in NEUTRAL_TRAIN_FIELDS:
-                out.append(RunDeviation("training protocol", k, v, ref[k], "differs from the original protocol (reference_spec §1.2, §5)"))
+                out.append(RunDeviation("training protocol", k, v, ref[k], "differs from the original protocol (docs/original.md#hyperparameters, #training-protocol)"))
     n_folds = len(results.get("folds", []))
     if n_folds and n_folds != N_FOLDS:
         out.append(RunDeviation("folds", "n_folds", n_folds, N_FOLDS, f"the paper's number is the mean over all {N_FOLDS} folds"))

@@ -9,8 +9,8 @@
   that round's fold spread (population std over its folds of the same metric, the
   ``fold_std`` of results.json); ``--tolerance`` replaces the spread.
 
-The metric is ``mean_test_r2`` (the paper's number: mean over folds of the test R², reference_spec §6.2), or
-with ``--label NAME`` the mean over folds of that label's test R².
+The metric is ``mean_test_r2`` (the paper's number: mean over folds of the test R²,
+docs/original.md#reported-number), or with ``--label NAME`` the mean over folds of that label's test R².
 
 Independently it says plainly whether the run beats the ``ridge`` baseline of the same split, taken from
 ``--baseline RESULTS.json``; by default from the ``baselines.ridge`` entry ``percepiano cv`` records in every

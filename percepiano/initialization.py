@@ -1,8 +1,8 @@
 """Parameter initialisation schemes.
 
 ``pytorch_default`` is the original: PyTorch's own LSTM/Linear inits and context vectors U(-1, 1), nothing
-else (reference_spec §4). The others are named deviations, kept so that a replication that used them (the
-prior replication log did) can be reproduced and is reported as such by the parity suite.
+else (docs/original.md#initialization). The others are named deviations, kept so that a replication that used them
+(the prior replication attempt did) can be reproduced and is reported as such by the parity suite.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics of the original (reference_spec §6.1), in numpy, without scikit-learn.
+"""Evaluation metrics of the original (docs/original.md#metric), in numpy, without scikit-learn.
 
 * :func:`r2` / :func:`r2_per_label`: ``sklearn.metrics.r2_score`` with its defaults (``multioutput=
   'uniform_average'``, ``force_finite=True``): per label ``1 - SS_res / SS_tot`` with the label's mean over the

@@ -1,6 +1,6 @@
 """PercePianoModel: the original ``VirtuosoNetMultiLevel`` with its ``HanEncoder``, batched.
 
-Reads top-down as the data flows (reference_spec §3):
+Reads top-down as the data flows (docs/original.md#model):
 
     x (B, N, F) --embed--> (B, N, H) --note BiLSTM--> note (B, N, 2H)
                           \\-voice BiLSTM per voice--> voice (B, N, 2H)

@@ -516,7 +516,7 @@ def _introduction(doc: Document, runs: Sequence[Run]) -> None:
     doc.h(1, "PercePiano run report")
     doc.p("Runs: " + ", ".join(f"`{r.name}`" for r in runs) + ".")
     doc.p("The reported metric is the paper's: mean over folds of the test-split R² of each fold's checkpoint "
-          "with the lowest validation loss (reference_spec §6.2). Curves, bars and scatter plots below come from "
+          "with the lowest validation loss (docs/original.md#reported-number). Curves, bars and scatter plots below come from "
           "the run directories as written by `percepiano cv`.")
 
 
@@ -654,7 +654,7 @@ def _attention(doc: Document, models: Sequence[Run], data, segment: str | None, 
         doc.p("No neural run given: no attention to show.")
     elif images:
         doc.p("Normalized entropy is H(p)/log(n) per span of n ≥ 2 positions: 1 = uniform, 0 = one position. "
-              "The original itself starts near 1 (≈ 0.998 for beats at init, reference_spec §4).")
+              "The original itself starts near 1 (≈ 0.998 for beats at init, docs/original.md#behaviour-at-init).")
     return images
 
 

@@ -56,7 +56,7 @@ PREDICTIONS, FOLD_RESULT = "test_predictions.npz", "fold_result.json"
 
 @dataclass(frozen=True)
 class TrainConfig(DictRoundTrip):
-    """Training protocol; defaults are the published runs (reference_spec §1.2, §5)."""
+    """Training protocol; defaults are the published runs (docs/original.md#hyperparameters, #training-protocol)."""
 
     lr: float = 2.5e-5  # script flag --lr
     weight_decay: float = 1e-5  # argparse default; coupled L2 inside Adam (not AdamW)
@@ -420,7 +420,7 @@ def evaluate_model(
     model: nn.Module, data: PercePianoData, indices, *, feature_set: str, batch_size: int = 1,
     device: str | torch.device = "cpu",
 ) -> dict:
-    """Metrics (original §6.1 set) and predictions of ``model`` on ``indices``."""
+    """Metrics (the set the original logs, docs/original.md#metric) and predictions of ``model`` on ``indices``."""
     p = predict_split(model, data, indices, feature_set=feature_set, batch_size=batch_size, device=device)
     idx = np.asarray(indices, dtype=np.int64)
     metrics = evaluate_predictions(p.labels, p.predictions, data.labels_std[idx])

@@ -85,7 +85,7 @@ TRAIN_BATCHES = ((0, 1, 2), (3, 0), (1, 2, 3))  # segment indices per batch
 TRAJECTORY = dict(steps=6, batches=(0, 1, 2, 0, 1, 2), lr=1e-3, lr_step_size=2, lr_gamma=0.5)
 CLIP_LABEL_SCALE = 60.0  # labels x60: (sigmoid - y) is large, so the total grad norm exceeds the clip 2.0
 
-# Published-size models for the init statistics (reference_spec §4).
+# Published-size models for the init statistics (docs/original.md#initialization).
 INIT_MODELS = {"han": (101, "measure"), "bilstm": (9, "note"), "bilstm_sa": (101, "note")}
 INIT_SEEDS = (0, 1, 2, 3, 4)
 

@@ -461,7 +461,7 @@ def _dict_row(group, label, got: dict, ref: dict, atol, rtol, ignore_missing=())
 
 
 def init_laws(names, tensors: dict[str, torch.Tensor]) -> dict[str, bool]:
-    """The original's init laws (reference_spec §4), evaluated on one model's tensors (original names).
+    """The original's init laws (docs/original.md#initialization), evaluated on one model's tensors (original names).
 
     - ``context_uniform``: context vectors within [-1, 1], mean ~ 0, std ~ 1/sqrt(3) (U(-1, 1));
     - ``lstm_range``: every LSTM tensor within +-1/sqrt(hidden);

@@ -13,8 +13,9 @@ from percepiano.synthetic import Segment, cycle_voices
 
 # The batch of the recorded model fixtures: 5 segments of lengths 22, 15, 7, 4, 3 (deliberately not sorted).
 # - "pickup": first measure is a single one-note beat (one-beat measure, one-note beat; its first two notes lie in
-#   different beats, which trips the original's cal_length bug in span_beat_to_note_num, spec §3.3), voices {1, 3}
-#   only (voice 2 empty) and two voice-0 notes, another one-beat measure in the middle; starts at beat/measure 0.
+#   different beats, which trips the original's cal_length bug in span_beat_to_note_num,
+#   docs/original.md#boundary-utilities), voices {1, 3} only (voice 2 empty) and two voice-0 notes, another
+#   one-beat measure in the middle; starts at beat/measure 0.
 # - "offset": starts at beat 10 / measure 3, voices {1, 2}.
 # - "short": starts at 0, voice 1 plus a voice-0 note.
 # - "one_measure": a single measure of two beats starting at measure 5 / beat 17, only voice 3.

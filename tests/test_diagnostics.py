@@ -117,7 +117,7 @@ def test_entropy_at_init_is_near_uniform_and_temperature_sharpens_it():
     x, lengths, locs = _batch()
     plain = diag.attention_entropy(_tiny(), [(x, lengths, locs)])
     sharp = diag.attention_entropy(_tiny(attention_temperature=0.01), [(x, lengths, locs)])
-    # the original starts near-uniform (reference_spec §4): entropy close to 1 at every level
+    # the original starts near-uniform (docs/original.md#behaviour-at-init): entropy close to 1 at every level
     for level in ("beat", "measure", "pool"):
         assert plain[level].mean > 0.9
     assert sharp["beat"].mean < plain["beat"].mean - 0.1

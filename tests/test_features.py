@@ -1,4 +1,4 @@
-"""Feature extraction (issue 7): unit behaviour on hand-written MusicXML/MIDI, and the CLI's error handling.
+"""Feature extraction: unit behaviour on hand-written MusicXML/MIDI, and the CLI's error handling.
 
 Real-data parity lives in tests/test_features_parity.py.
 """

@@ -1,4 +1,4 @@
-"""Feature-pipeline parity against the original pipeline's processed dataset (issue 7).
+"""Feature-pipeline parity against the original pipeline's processed dataset.
 
 Needs the dataset: ``PERCEPIANO_DATA`` (the npz), ``PERCEPIANO_RAW`` (raw/ with MIDI and MusicXML) and
 ``PERCEPIANO_ALIGNMENTS`` (the original ``*_infer_corresp.txt``); each defaults to its place in ``../shared`` beside
@@ -37,8 +37,8 @@ needs_alignments = pytest.mark.skipif(
     ALIGN is None or not ALIGN.is_dir(),
     reason="needs the original alignments: set PERCEPIANO_ALIGNMENTS or have ../shared/percepiano/alignment")
 
-#: excerpts covering the hard cases (spec §7.1): tuplet drift, fp, ties across voices (+ 2-track pedal), grace
-#: notes, two sections
+#: excerpts covering the hard cases (docs/features.md#tests): tuplet drift, fp, ties across voices (+ 2-track
+#: pedal), grace notes, two sections
 CI_EXCERPTS = ["Beethoven_WoO80_var18_8bars_Score_12", "Schubert_D960_mv2_8bars_Score_09",
                "Schubert_D960_mv2_8bars_Score_15", "Beethoven_WoO80_var25_8bars_Score_14",
                "Beethoven_WoO80_var6_8bars_Score_5"]

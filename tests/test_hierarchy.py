@@ -1,4 +1,4 @@
-"""Hierarchy utilities: literal cases from reference_spec §9 and hypothesis properties."""
+"""Hierarchy utilities: literal cases from docs/original.md#invariants and hypothesis properties."""
 import pytest
 import torch
 from hypothesis import given, settings
@@ -15,7 +15,7 @@ def _pad(rows, fill=0):
     return torch.tensor([list(r) + [fill] * (width - len(r)) for r in rows]), torch.tensor([len(r) for r in rows])
 
 
-# ---------------------------------------------------------------- literal cases (spec §9 items 11, 13, 18)
+# ---------------------------------------------------------------- literal cases (docs/original.md, invariants 11, 13, 18)
 @pytest.mark.parametrize(
     "row, expected",
     [
@@ -50,7 +50,8 @@ def _beats_for_measures(measure_starts, beat_starts, length):
 
 
 def test_measure_boundaries_in_beat_space():
-    # spec §9.13: measure note boundaries [0,11,21,29,34,44,58,60] -> beat nodes [0,4,7,11,14,18,21] + [23]
+    # docs/original.md, invariant 13: measure note boundaries [0,11,21,29,34,44,58,60] -> beat nodes
+    # [0,4,7,11,14,18,21] + [23]
     beat, measure = _beats_for_measures([0, 11, 21, 29, 34, 44, 58], [0, 4, 7, 11, 14, 18, 21, 23], 60)
     valid = torch.ones_like(beat, dtype=torch.bool)
     beat_seg, beat_counts, num_beats = hier.segment_ids(hier.boundary_flags(beat, valid), valid)

@@ -121,7 +121,7 @@ def test_alternative_init_is_detected_and_reported(init, violated):
     ("han", 14_226_451, 12_914_195), ("bilstm", 14_465_555, 3_430_419), ("bilstm_sa", 14_489_107, 3_453_971)])
 def test_parameter_counts(preset, total, trained):
     c = C.parameter_counts(preset)
-    assert (c["original_total"], c["original_trained"]) == (total, trained)  # spec §4, recorded from the original
+    assert (c["original_total"], c["original_trained"]) == (total, trained)  # docs/original.md#parameter-counts, recorded from the original
     assert c["ours"] == trained  # ours builds exactly the tensors that the original trains
     assert c["ours_tensors"] == c["original_trained_tensors"]
 
@@ -269,8 +269,9 @@ def test_logits_loss_and_gradients(level, dname, model_runs):
 
 
 def test_level_note_is_not_batch_invariant_like_the_original(model_runs):
-    # spec §3.8 / §9.17: the contractor maps padded rows to its bias, which the original does not mask; the
-    # recorded pooling weights put mass on padded notes and ours reproduces them (compared above).
+    # docs/original.md#levels-and-pooling, invariant 17: the contractor maps padded rows to its bias, which the
+    # original does not mask; the recorded pooling weights put mass on padded notes and ours reproduces them
+    # (compared above).
     arrays, inter, _, _ = model_runs["note", "float64"]
     w = torch.as_tensor(arrays["out/pool_weights"])
     lengths = arrays["input/lengths"]

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     e = subparsers.add_parser(
         "features-extract", help="re-extract the whole dataset with this pipeline into a new npz (same format)",
         description="Per-note arrays from our pipeline (our aligner by default), labels/splits copied from --data; "
-                    "train on the result with `percepiano train --data OUT` (spec 7.6 b).")
+                    "train on the result with `percepiano train --data OUT`.")
     e.add_argument("--data", default=None, help="reference percepiano_vnet_m2pf.npz (default: $PERCEPIANO_DATA)")
     e.add_argument("--raw", default=None, help="raw/ folder of the dataset (default: $PERCEPIANO_RAW)")
     e.add_argument("--out", required=True, type=Path, help="output .npz")

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--all-files", action="store_true",
                    help="aligner check: also run on every performance file in raw/ and count failures")
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="e2e check (spec 7.5): a `percepiano train` checkpoint; predictions from the stored vs our "
+                   help="e2e check: a `percepiano train` checkpoint; predictions from the stored vs our "
                         "features on the test segments of --split/--fold")
     p.add_argument("--split", default="composition", choices=SPLIT_SCHEMES, help="e2e split")
     p.add_argument("--fold", type=int, default=0, help="e2e fold (default 0)")

@@ -196,7 +196,7 @@ def corresp_parity(ref: Reference, raw: Path, alignments: Path, limit: list | No
             "differing_segments": bad}
 
 
-#: performance feature columns compared on score-note rows, with the spec §7.4 Pearson targets
+#: performance feature columns compared on score-note rows, with the Pearson targets listed in docs/features.md
 PERF_TARGETS = {
     "qpm_primo": (3, 0.985), "beat_tempo": (77, 0.985), "measure_tempo": (78, 0.985), "section_tempo": (79, 0.985),
     "velocity": (80, 0.985), "onset_deviation": (81, 0.80), "beat_dynamics": (82, 0.985),
@@ -332,7 +332,7 @@ def run_all_files(raw: Path, log=print) -> dict:
 
 
 def aligner_verdict(r: dict) -> list:
-    """(what, passed) for each acceptance number of spec §7.3/§7.4."""
+    """(what, passed) for each acceptance number of the aligner check (docs/features.md)."""
     out = [("no errors", not r["errors"]),
            (f"pair precision >= {PAIR_PRECISION_TARGET}", r["precision"] >= PAIR_PRECISION_TARGET),
            (f"pair recall >= {PAIR_RECALL_TARGET}", r["recall"] >= PAIR_RECALL_TARGET),
@@ -350,7 +350,7 @@ def aligner_verdict(r: dict) -> list:
     return out
 
 
-#: spec §7.5 acceptance on well-matched test segments
+#: end-to-end acceptance on well-matched test segments (docs/features.md)
 E2E_MEAN_ABS_DELTA_SD = 0.06
 E2E_MIN_LABEL_PEARSON = 0.97
 E2E_MAX_R2_DROP = 0.02
@@ -358,7 +358,7 @@ E2E_MAX_R2_DROP = 0.02
 
 def e2e_parity(ref: Reference, raw: Path, model, scheme: str = "composition", fold: int = 0,
                limit: list | None = None, log=print) -> dict:
-    """Spec §7.5: the model's predictions from the stored features vs from our re-extracted features.
+    """End-to-end check: the model's predictions from the stored features vs from our re-extracted features.
 
     Test segments of ``scheme``/``fold`` (or ``limit``); well-matched and poorly matched ones reported apart.
     Deltas are in units of each label's standard deviation across all segments.

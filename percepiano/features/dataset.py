@@ -1,6 +1,6 @@
 """Re-extract the whole training set with this pipeline into an npz of the processed dataset's format.
 
-For the training-data policy experiment of spec §7.6(b): train on features extracted by the pipeline that
+For training on re-extracted features (docs/features.md): train on features extracted by the pipeline that
 ``predict`` uses (our aligner, optionally with quirk fixes) instead of the original npz. Labels, splits and all
 other per-segment arrays are copied from the reference npz; the per-note arrays are replaced.
 """
