@@ -30,6 +30,11 @@ LEVEL_LOCATIONS: dict[str, tuple[str, ...]] = {
     "total_note_cat": ("voice", "beat", "measure"),
 }
 INPUT_DIM = 101  # per-note input features of the processed data
+# The largest voice number accepted (data validation and the model's input checks). The original runs its voice
+# LSTM once per number from 1 to the batch's largest, and ours batches over them ((B, N, max voice) masks), so an
+# absurd number (2**31 - 1) asks for gigabytes. The processed data's largest is 7 (MusicXML voices: 1-4 on the
+# upper staff, 5-8 on the lower); 64 leaves room for scores with many staves and voices.
+MAX_VOICE = 64
 # Which input columns each model reads: the HAN and Bi-LSTM + SA read all 101, the Bi-LSTM baseline the 9
 # performance-only ones (the original writes separate ``*_perffeatonly*`` feature files; their columns equal
 # dims 92-100 of the full features).
@@ -67,8 +72,12 @@ RATING_SCALE = (1, 7)
 DATA_ENV = "PERCEPIANO_DATA"  # environment variable naming the processed npz
 
 # ------------------------------------------------------------------ protocol
-# Split schemes of the processed data (``<scheme>_split`` arrays; the original's 4-fold json files).
-SPLIT_SCHEMES = ("composition", "performer")
+# Split schemes of the processed data (``<scheme>_split`` arrays; the original's 4-fold json files), which every
+# dataset file has, and ours: "work" (percepiano/splits.py), where no work is in two of train, valid and test.
+SHIPPED_SPLIT_SCHEMES = ("composition", "performer")
+SPLIT_SCHEMES = (*SHIPPED_SPLIT_SCHEMES, "work")
+# The split whose test size the work split's test part matches (percepiano.splits.work_split).
+WORK_SPLIT_REFERENCE = "composition"
 PARTS = {"train": 0, "valid": 1, "test": 2}  # codes in the ``<scheme>_split`` arrays
 N_FOLDS = 4  # every split scheme has 4 folds; the paper reports the mean over the 4 fold models
 PROTOCOL_EPOCHS = 100  # ``--epochs 100`` in every training script
@@ -76,3 +85,13 @@ PROTOCOL_EPOCHS = 100  # ``--epochs 100`` in every training script
 PRESET_FEATURES: dict[str, str] = {"han": "full", "bilstm": "performance_only", "bilstm_sa": "full"}
 # Non-neural baselines run by ``percepiano cv`` beside the neural presets (ours; the original has none).
 BASELINES = ("mean", "ridge")
+
+# ------------------------------------------------------------------ rounds (``percepiano round``; ours)
+# CPU threads of each round task on a machine without GPUs: several 1-thread tasks side by side train more
+# folds per hour than one task with every thread (docs/results.md#round-throughput-on-cpu).
+ROUND_CPU_THREADS_PER_TASK = 1
+# A round task's share of a GPU where the cluster has GPUs: 4 folds on one GPU (one batch-8 fold is far from
+# filling it; percepiano cv --parallel-folds makes the same point).
+ROUND_GPUS_PER_TASK = 0.25
+# How many times Ray restarts a task whose worker died (killed, out of memory, node lost); it resumes from last.pt.
+ROUND_MAX_RETRIES = 3

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -27,11 +29,14 @@ from .constants import (  # noqa: F401 (re-exported: the data's names)
     FEATURE_SETS,
     INPUT_DIM,
     LOCATION_KEYS,
+    MAX_VOICE,
     N_FOLDS,
     NUM_LABELS,
     PARTS,
+    SHIPPED_SPLIT_SCHEMES,
     SPLIT_SCHEMES,
 )
+from .splits import recorded_work_split
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,11 @@ def collate(samples: Sequence[Sample]) -> Batch:
     )
 
 
+def _segment_of(offsets: np.ndarray, row: int) -> int:
+    """The segment that note row ``row`` of the concatenated arrays belongs to."""
+    return int(np.searchsorted(offsets, row, side="right") - 1)
+
+
 def _fail(path, array: str, what: str, seg_ids=None, seg: int | None = None) -> ValueError:
     where = ""
     if seg is not None:
@@ -127,7 +137,11 @@ class PercePianoData:
         self.label_names = [str(s) for s in arrays["label_names"]]
         self.feature_names = [str(s) for s in arrays["feature_names"]] if "feature_names" in arrays else None
         self.note_locations = {k: np.asarray(arrays[f"note_{k}"], dtype=np.int64) for k in LOCATION_KEYS}
-        self.splits = {s: np.asarray(arrays[f"{s}_split"], dtype=np.int8) for s in SPLIT_SCHEMES}
+        self.splits = {s: np.asarray(arrays[f"{s}_split"], dtype=np.int8) for s in SPLIT_SCHEMES if f"{s}_split" in arrays}
+        if "work" not in self.splits:  # not in the file: the recorded one, for the recorded segment ids (splits.py)
+            work = recorded_work_split(self.segment_ids)
+            if work is not None:
+                self.splits["work"] = work
         self.lengths = np.diff(self.offsets)
         # Torch views (no copy) used by batching.
         self._x = torch.from_numpy(self.input)
@@ -147,6 +161,10 @@ class PercePianoData:
         """Dataset row indices (ascending) of ``part`` (train/valid/test) in ``fold`` of ``scheme``."""
         if scheme not in SPLIT_SCHEMES:
             raise ValueError(f"unknown split scheme {scheme!r}; available: {list(SPLIT_SCHEMES)}")
+        if scheme not in self.splits:
+            raise ValueError(f"{self.path}: no {scheme!r} split: the file has no {scheme}_split array and its segment "
+                             f"ids are not those of percepiano/resources/work_split.json (the processed PercePiano "
+                             f"data); add one built by percepiano.splits.work_split")
         if part not in PARTS:
             raise ValueError(f"unknown split part {part!r}; available: {list(PARTS)}")
         if not 0 <= int(fold) < N_FOLDS:
@@ -198,21 +216,54 @@ def resolve_data_path(path: str | os.PathLike | None) -> Path:
 
 
 def load_dataset(path: str | os.PathLike | None = None) -> PercePianoData:
-    """Load and validate the npz (no pickle). ``path=None`` reads ``PERCEPIANO_DATA``."""
+    """Load and validate the npz (no pickle). ``path=None`` reads ``PERCEPIANO_DATA``. A file that is not a
+    readable npz (empty, truncated, damaged, a plain ``.npy``, pickled objects) is a ``ValueError`` naming it."""
     p = resolve_data_path(path)
+    return PercePianoData(read_npz(p), p)
+
+
+NPY_MAGIC = b"\x93NUMPY"  # a single array written by np.save
+ZIP_MAGIC = b"PK\x03\x04"  # an npz is a zip archive of .npy files
+
+
+def read_npz(path: str | os.PathLike,
+             expected: str = "expected the processed dataset, an .npz archive (percepiano_vnet_m2pf.npz)",
+             ) -> dict[str, np.ndarray]:
+    """Every array of an npz file (no pickle), or a ``ValueError`` naming the file, what is wrong with it and
+    ``expected`` (what the caller wanted)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if not head:
+        raise ValueError(f"{path}: empty file (0 bytes); {expected}")
+    if head == NPY_MAGIC:
+        raise ValueError(f"{path}: a single array (a plain .npy file); {expected}")
+    if not head.startswith(ZIP_MAGIC):  # np.load would try to unpickle it
+        raise ValueError(f"{path}: not an npz archive (an npz is a zip file; this one starts with {head[:4]!r}); "
+                         f"{expected}")
     try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as exc:  # e.g. object arrays, which would need pickle
-        raise ValueError(f"{p}: cannot be read without pickle or is not a valid npz: {exc}") from exc
-    return PercePianoData(arrays, p)
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:  # a truncated archive
+        raise ValueError(f"{path}: a truncated or damaged npz archive ({_reason(exc)}); {expected}") from None
+    try:
+        with loaded as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as exc:  # an object array, which would need pickle
+        raise ValueError(f"{path}: cannot be read without pickle ({_reason(exc)}); {expected}") from None
+    except (EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:  # a damaged member (bad CRC, cut short)
+        raise ValueError(f"{path}: a damaged npz archive ({_reason(exc)}); {expected}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _validate(a: Mapping[str, np.ndarray], path: str) -> None:
     required = (
         ["segment_ids", "offsets", "input", "labels", "labels_std", "label_names"]
         + [f"note_{k}" for k in LOCATION_KEYS]
-        + [f"{s}_split" for s in SPLIT_SCHEMES]
+        + [f"{s}_split" for s in SHIPPED_SPLIT_SCHEMES]
     )
     missing = [k for k in required if k not in a]
     if missing:
@@ -242,8 +293,17 @@ def _validate(a: Mapping[str, np.ndarray], path: str) -> None:
     bad_rows = ~np.isfinite(x).all(axis=1)
     if bad_rows.any():
         row = int(np.flatnonzero(bad_rows)[0])
-        seg = int(np.searchsorted(off, row, side="right") - 1)
+        seg = _segment_of(off, row)
         raise _fail(path, "input", f"non-finite value at note {row - off[seg]} of the segment", ids, seg)
+    # The original embeds an all-zero row as a note (it masks pooled hidden states by their feature sum, never
+    # the input), but no note is one: every note of the processed data has at least 27 nonzero features (its
+    # z-scored tempi and measure length among them). A zero row inside a segment is padding or lost features.
+    zero_rows = ~x.any(axis=1)
+    if zero_rows.any():
+        row = int(np.flatnonzero(zero_rows)[0])
+        seg = _segment_of(off, row)
+        raise _fail(path, "input", f"note {row - off[seg]} of the segment has all {INPUT_DIM} features 0: padding "
+                    "or missing features, not a note (the processed data has no such row)", ids, seg)
 
     seg_start = np.zeros(n_notes, dtype=bool)
     seg_start[off[:-1]] = True
@@ -255,14 +315,19 @@ def _validate(a: Mapping[str, np.ndarray], path: str) -> None:
         v = v.astype(np.int64)
         if (v < 0).any():
             row = int(np.flatnonzero(v < 0)[0])
-            seg = int(np.searchsorted(off, row, side="right") - 1)
+            seg = _segment_of(off, row)
             raise _fail(path, name, f"negative index {v[row]} at note {row - off[seg]}", ids, seg)
+        if k == "voice" and (v > MAX_VOICE).any():
+            row = int(np.flatnonzero(v > MAX_VOICE)[0])
+            seg = _segment_of(off, row)
+            raise _fail(path, name, f"voice number {v[row]} at note {row - off[seg]} is above the maximum "
+                        f"{MAX_VOICE} (constants.MAX_VOICE; the processed data's largest is 7)", ids, seg)
         if k in CONTIGUOUS_KEYS:
             d = np.diff(v)
             bad = ~seg_start[1:] & ((d < 0) | (d > 1))
             if bad.any():
                 row = int(np.flatnonzero(bad)[0]) + 1
-                seg = int(np.searchsorted(off, row, side="right") - 1)
+                seg = _segment_of(off, row)
                 raise _fail(
                     path, name,
                     f"indices must be non-decreasing and contiguous (steps 0 or +1); step {d[row - 1]:+d} "
@@ -300,7 +365,7 @@ def _validate(a: Mapping[str, np.ndarray], path: str) -> None:
     if "feature_names" in a and a["feature_names"].shape != (INPUT_DIM,):
         raise _fail(path, "feature_names", f"expected ({INPUT_DIM},), got {a['feature_names'].shape}")
 
-    for scheme in SPLIT_SCHEMES:
+    for scheme in (s for s in SPLIT_SCHEMES if f"{s}_split" in a):  # the work split is optional
         name = f"{scheme}_split"
         s = a[name]
         if s.dtype.kind not in "iu" or s.shape != (n_seg, N_FOLDS):
@@ -385,7 +450,7 @@ def summary(data: PercePianoData) -> dict:
         "splits": {},
         "labels": [],
     }
-    for scheme in SPLIT_SCHEMES:
+    for scheme in data.splits:
         out["splits"][scheme] = [
             {"fold": f, **{p: int(len(data.split_indices(scheme, f, p))) for p in PARTS}} for f in range(N_FOLDS)
         ]

@@ -447,7 +447,7 @@ class RunDeviation:
 
 
 # Training-config fields that do not change what is computed (only how reproducibly / what is logged).
-NEUTRAL_TRAIN_FIELDS = ("deterministic", "eval_test_every_epoch")
+NEUTRAL_TRAIN_FIELDS = ("deterministic", "eval_test_every_epoch", "rng")  # rng: whose random draws, same protocol
 
 
 def run_deviations(results: Mapping) -> list[RunDeviation]:

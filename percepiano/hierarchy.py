@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .constants import BOUNDARY_RULES
+from .constants import BOUNDARY_RULES, MAX_VOICE
 
 
 def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -200,13 +200,14 @@ def check_indices(name: str, indices: torch.Tensor, valid: torch.Tensor, rule: s
 
 
 def check_voices(voice: torch.Tensor, valid: torch.Tensor) -> None:
-    """Voice numbers: >= 0 on real notes (0 = a performance note without a score note), 0 on padding."""
-    bad = ((voice < 0) & valid) | ((voice != 0) & ~valid)
+    """Voice numbers: 0 to ``MAX_VOICE`` on real notes (0 = a performance note without a score note), 0 on
+    padding."""
+    bad = (((voice < 0) | (voice > MAX_VOICE)) & valid) | ((voice != 0) & ~valid)
     if bad.any():
         row, col = (int(v) for v in torch.nonzero(bad)[0])
         raise ValueError(
-            f"note_locations['voice'] row {row} position {col}: voice numbers must be >= 0 on real notes "
-            f"and 0 on padding, got {int(voice[row, col])}"
+            f"note_locations['voice'] row {row} position {col}: voice numbers must be 0 to {MAX_VOICE} "
+            f"(constants.MAX_VOICE) on real notes and 0 on padding, got {int(voice[row, col])}"
         )
 
 
@@ -219,6 +220,9 @@ def voice_shapes(voice: torch.Tensor, valid: torch.Tensor) -> tuple[int, int, in
     num_voices = int(torch.where(valid, voice, torch.zeros_like(voice)).max()) if voice.numel() else 0
     if num_voices < 1:
         return 0, 0, 0
+    if num_voices > MAX_VOICE:  # checked even without input validation: the masks below are (B, N, num_voices)
+        raise ValueError(f"note_locations['voice']: voice number {num_voices} is above the maximum {MAX_VOICE} "
+                         "(constants.MAX_VOICE)")
     in_voice = (voice[:, :, None] == torch.arange(1, num_voices + 1, device=voice.device)) & valid[:, :, None]  # (B, N, V)
     counts = in_voice.sum(dim=1)  # (B, V)
     return num_voices, int((counts > 0).sum()), int(counts.max())

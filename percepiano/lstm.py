@@ -10,6 +10,8 @@ The CPU/GPU strategy is an argument (``group_by_length``), decided by the caller
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -58,34 +60,48 @@ def length_groups(lengths: list[int], max_groups: int = MAX_LENGTH_GROUPS, step_
     return groups[::-1]
 
 
-def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor, group_by_length: bool = False) -> torch.Tensor:
+def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor, group_by_length: bool = False,
+             dropout_masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """Run a bidirectional ``lstm`` on the first ``lengths[b]`` rows of each sample; padded rows are 0.
 
     With ``group_by_length`` (a CPU shortcut: it reads ``lengths`` on the host) the rows run in a few groups of
     similar length (:func:`length_groups`); each group's result is the same as running the whole batch (rows
     are independent sequences).
+
+    ``dropout_masks``: one scaled mask (B, N, 2H) per gap between layers, multiplied into the next layer's input
+    instead of drawing ``nn.LSTM``'s own dropout (the seed-exact replay, :mod:`percepiano.replay`).
     """
+    if dropout_masks is not None:
+        dropout_masks = tuple(dropout_masks)
+        if len(dropout_masks) != lstm.num_layers - 1 or any(m.shape != (*x.shape[:2], 2 * lstm.hidden_size)
+                                                            for m in dropout_masks):
+            raise ValueError(
+                f"dropout_masks: expected {lstm.num_layers - 1} mask(s) of shape {(*x.shape[:2], 2 * lstm.hidden_size)} "
+                f"(one per gap between the LSTM's {lstm.num_layers} layers), got {[tuple(m.shape) for m in dropout_masks]}")
     if not group_by_length or x.shape[0] < 2:
-        return _run_lstm_unpacked(lstm, x, lengths)
+        return _run_lstm_unpacked(lstm, x, lengths, dropout_masks)
     groups = length_groups(lengths.tolist())
     if len(groups) == 1:
-        return _run_lstm_unpacked(lstm, x, lengths)
+        return _run_lstm_unpacked(lstm, x, lengths, dropout_masks)
     out = x.new_zeros(x.shape[0], x.shape[1], 2 * lstm.hidden_size)  # (B, N, 2H)
     for rows in groups:
         index = torch.tensor(rows, device=x.device)
         longest = int(lengths[index].max())
-        out[index, :longest] = _run_lstm_unpacked(lstm, x[index, :longest], lengths[index])  # (b, L, 2H)
+        masks = None if dropout_masks is None else [m[index, :longest] for m in dropout_masks]
+        out[index, :longest] = _run_lstm_unpacked(lstm, x[index, :longest], lengths[index], masks)  # (b, L, 2H)
     return out
 
 
-def _run_lstm_unpacked(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def _run_lstm_unpacked(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor,
+                       dropout_masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """Run a bidirectional ``lstm`` on the first ``lengths[b]`` rows of each sample; padded rows are 0.
 
     Same result as packing (the original's ``pack_padded_sequence`` → LSTM → ``pad_packed_sequence``),
     computed without packing, which on CPU runs the recurrence about twice as fast: the forward direction
     reads the padded batch as is (padding comes after every real row, so it cannot reach them), and the
     backward direction reads each sample reversed within its own length. Layers run one at a time with the
-    LSTM's own weights; dropout between layers as in ``nn.LSTM``. Samples of length 0 stay 0.
+    LSTM's own weights; dropout between layers as in ``nn.LSTM`` (or ``dropout_masks``, see :func:`run_lstm`).
+    Samples of length 0 stay 0.
     """
     batch, length, _ = x.shape
     valid = (torch.arange(length, device=x.device)[None, :] < lengths[:, None])[:, :, None]  # (B, N, 1)
@@ -96,7 +112,9 @@ def _run_lstm_unpacked(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) ->
     hidden = lstm.hidden_size
     out = x
     for layer in range(lstm.num_layers):
-        if layer > 0 and lstm.dropout > 0 and lstm.training:
+        if layer > 0 and dropout_masks is not None:
+            out = out * dropout_masks[layer - 1]  # as ATen's dropout: input * (bernoulli mask / (1 - p))
+        elif layer > 0 and lstm.dropout > 0 and lstm.training:
             out = torch.nn.functional.dropout(out, lstm.dropout, training=True)
         directions = []
         for suffix in ("", "_reverse"):
@@ -124,6 +142,7 @@ def run_voice_lstm(
     valid: torch.Tensor,
     shape: tuple[int, int, int] | None = None,
     group_by_length: bool = False,
+    dropout_masks: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mirror of ``HanEncoder.run_voice_net``: each (sample, voice) is its own sequence, in note order.
 
@@ -131,7 +150,8 @@ def run_voice_lstm(
     inserted without a score note) and padding get an all-zero output. ``shape`` is
     :func:`hierarchy.voice_shapes` when the caller knows it on the host; otherwise it is read from the
     device. Notes move in and out by index lookups (no ``nonzero``), so with ``shape`` given nothing here
-    waits for the device. ``group_by_length``: see :func:`run_lstm`. Returns (B, N, 2 * hidden).
+    waits for the device. ``group_by_length``, ``dropout_masks`` (over the K sequences, in (sample, voice)
+    order): see :func:`run_lstm`. Returns (B, N, 2 * hidden).
     """
     batch, length, width = x.shape
     num_voices, num_sequences, longest = hier.voice_shapes(voice, valid) if shape is None else shape
@@ -155,6 +175,6 @@ def run_voice_lstm(
     target = torch.where(counts > 0, sequence_of, torch.full_like(sequence_of, num_sequences))  # (B*V,)
     seq_lengths = torch.zeros(num_sequences + 1, dtype=torch.long, device=x.device)
     seq_lengths = seq_lengths.index_put_((target,), counts, accumulate=True)[:num_sequences]  # (K,)
-    hidden = run_lstm(lstm, sequences, seq_lengths, group_by_length)  # (K, L, 2Hv)
+    hidden = run_lstm(lstm, sequences, seq_lengths, group_by_length, dropout_masks)  # (K, L, 2Hv)
     hidden = torch.cat([hidden.reshape(dustbin, -1), hidden.new_zeros(1, hidden.shape[-1])])  # (K*L + 1, 2Hv)
     return hidden[slot].view(batch, length, -1)  # (B, N, 2Hv)

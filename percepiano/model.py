@@ -90,11 +90,14 @@ class PercePianoModel(nn.Module):
         apply_init(self, cfg.init)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x, lengths, note_locations, return_intermediates: bool = False, shapes: hier.BatchShapes | None = None):
+    def forward(self, x, lengths, note_locations, return_intermediates: bool = False, shapes: hier.BatchShapes | None = None,
+                dropout_masks=None):
         """Logits (B, num_labels) of a zero-padded batch, or a :class:`ModelOutput` with every intermediate.
 
         ``shapes`` (:func:`hierarchy.batch_shapes` of the CPU batch) gives the data-dependent sizes so that
         the pass never reads from the device; without it they are read back (a sync on a GPU).
+        ``dropout_masks`` (a :class:`percepiano.replay.DropoutMasks`, training only): the step's dropout, drawn in
+        the original's order, applied instead of the model's own draws (the seed-exact replay).
         """
         cfg = self.config
         x, lengths, locations, full_length, shapes = self._prepare(x, lengths, note_locations, shapes)
@@ -103,21 +106,23 @@ class PercePianoModel(nn.Module):
 
         embedded = self.embed(x) * valid[:, :, None].to(x.dtype)  # (B, N, H): the original embeds packed data only
         grouped = host_shortcuts(self.cpu_shortcuts, x)
-        note = run_lstm(self.note_lstm, embedded, lengths, grouped)  # (B, N, 2H)
+        masks = dropout_masks
+        note = run_lstm(self.note_lstm, embedded, lengths, grouped, masks and masks.note)  # (B, N, 2H)
         inter.update(embedded=embedded, note=note)
 
         if cfg.level == "note":
             pool_input = self.pool_contractor(note)  # (B, N, 2H); padded rows = bias, unmasked as in the original
         else:
             voice_shape = (shapes.voices, shapes.voice_sequences, shapes.voice_length)
-            voice = run_voice_lstm(self.voice_lstm, embedded, locations["voice"], valid, voice_shape, grouped)  # (B, N, 2H)
+            voice = run_voice_lstm(self.voice_lstm, embedded, locations["voice"], valid, voice_shape, grouped,
+                                   masks and masks.voice)  # (B, N, 2H)
             note_voice = torch.cat([note, voice], dim=-1)  # (B, N, 4H), note first as in the original
             inter["voice"] = voice
             if cfg.level == "voice":
                 pool_input = self.pool_contractor(note_voice)  # (B, N, 2H)
             else:
                 nodes = hier.node_segments(locations, valid, cfg.boundary_rule, shapes.beats, shapes.measures)
-                beat = self._beat_level(note_voice, nodes, valid, grouped, inter)
+                beat = self._beat_level(note_voice, nodes, valid, grouped, inter, masks and masks.beat)
                 if cfg.level == "beat":
                     pool_input = beat
                 else:
@@ -129,20 +134,27 @@ class PercePianoModel(nn.Module):
                         pool_input = self.pool_contractor(total)  # (B, N, 2H)
 
         pooled, pool_weights = self.pool_attention(pool_input)  # (B, 2H), (B, T, h)
-        logits = self.head(pooled)  # (B, num_labels)
+        logits = self.head(pooled) if masks is None else self._head_with_masks(pooled, masks.head)  # (B, num_labels)
         if not return_intermediates:
             return logits
         inter.update(pooled=pooled, pool_weights=pool_weights, logits=logits)
         note_axis = ["embedded", "note", "voice", "beat_weights"] + (["pool_weights"] if cfg.level in CONTRACTED_LEVELS else [])
         return ModelOutput(logits=logits, intermediates=self._pad_notes(inter, note_axis, full_length))
 
-    def _beat_level(self, note_voice, nodes: hier.NodeSegments, valid, grouped, inter):
+    def _head_with_masks(self, pooled, head_masks):
+        """``head`` with the two Dropouts' masks given (``out_fc``: Dropout, Linear, GELU, Dropout, Linear)."""
+        if len(head_masks) != 2:
+            raise ValueError(f"dropout_masks.head: expected the 2 masks of the head's Dropouts, got {len(head_masks)}")
+        hidden = self.head[2](self.head[1](pooled * head_masks[0]))
+        return self.head[4](hidden * head_masks[1])
+
+    def _beat_level(self, note_voice, nodes: hier.NodeSegments, valid, grouped, inter, beat_masks=None):
         """Notes -> beat nodes -> beat BiLSTM (``make_higher_node`` + ``run_hierarchy_lstm_with_pack``)."""
         # padding's scores are dropped by the segment softmax: with the CPU shortcuts its matmul is skipped
         scores = self.beat_attention.similarity(note_voice, valid if grouped else None)  # (B, N, h)
         weights = hier.segment_softmax(scores, nodes.beat, nodes.beats, self.config.attention_temperature)
         pooled = hier.pool_segments(note_voice, weights, nodes.beat, nodes.beats)  # (B, Tb, 4H)
-        beat = run_lstm(self.beat_lstm, pooled, nodes.beats_per_sample, grouped)  # (B, Tb, 2H)
+        beat = run_lstm(self.beat_lstm, pooled, nodes.beats_per_sample, grouped, beat_masks)  # (B, Tb, 2H)
         inter.update(beat_weights=weights, beat_nodes=pooled, beat=beat)
         return beat
 
@@ -199,6 +211,11 @@ class PercePianoModel(nn.Module):
             locations[key] = loc[:, :used].long()
         x = x[:, :used]
         if self.validate_inputs:
+            finite = torch.isfinite(x).all(dim=-1)  # (B, N): padding too, since 0 * NaN is NaN after the embedder
+            if not bool(finite.all()):
+                row, col = (int(v) for v in torch.nonzero(~finite)[0])
+                raise ValueError(f"x: row {row} position {col} holds a non-finite value (NaN or inf); the output "
+                                 "would be NaN")
             valid = hier.valid_mask(lengths, used)
             for key in ("beat", "measure"):
                 if key in locations:

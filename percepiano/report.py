@@ -1,7 +1,10 @@
-"""``percepiano report``: one Markdown and one HTML page, with PNG plots, for one or more ``percepiano cv`` runs.
+"""``percepiano report``: one Markdown and one HTML page, with PNG plots, for one or more debugging rounds.
 
-Sections: summary (mean test R² against the published target and the ``mean``/``ridge`` baselines, fold
-spread, collapsed labels), training curves, per-label test R², predicted vs true per label (with the collapse
+A round is a ``percepiano cv`` run directory, a seeds directory (``cv --seeds``) or a ``percepiano round``
+cell; rounds are given oldest first. Sections: the gate's verdict of each round (against the round before it on the same split, else the
+published target), the round comparison (ΔR² overall, per label and per fold with their intervals, config
+differences), summary (mean test R² against the published target and the ``mean``/``ridge`` baselines, fold
+spread, collapsed labels), the rounds' training curves overlaid, training curves per run, per-label test R², predicted vs true per label (with the collapse
 detector's spread ratio), hierarchy gain (when a ``han`` and a ``bilstm_sa`` run of the same split are given),
 attention heatmaps of one segment at beat and measure level (needs a checkpoint and the dataset; otherwise the
 section says why it is skipped), and the deviations from the original each run's config carries.
@@ -14,7 +17,6 @@ Agg backend (no display needed) unless the caller already chose one (a notebook'
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import textwrap
@@ -27,10 +29,12 @@ import numpy as np
 from . import diagnostics as diag
 from .constants import BASELINES, N_FOLDS, PARTS, PROTOCOL_EPOCHS, SPLIT_SCHEMES
 from .document import Document, slug
-from .gate import BASELINE_PRESET
+from . import gate as gates
+from .gate import BASELINE_PRESET, fold_directory, load_round, round_names
 from .results import (
     fold_spread,
     label_names_of,
+    load_log,
     load_predictions,
     load_results,
     load_targets,
@@ -77,6 +81,7 @@ class Run:
     dir: Path
     results: dict
     folds: list[FoldArtifacts]
+    label: str = ""  # the run's name in tables: its directory name (with parents or its seed where needed)
 
     @property
     def preset(self) -> str:
@@ -88,7 +93,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"{self.preset}/{self.split} ({self.dir.name})"
+        return f"{self.preset}/{self.split} ({self.label or self.dir.name})"
 
     @property
     def label_names(self) -> list[str]:
@@ -109,45 +114,45 @@ class Run:
         return pred, lab, fold
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if line:
-                rows.append(json.loads(line))
-    return rows
-
-
-def _fold_dir(run_dir: Path, fold_entry: Mapping) -> Path | None:
-    """The fold's directory as results.json names it (``dir``, relative to the run), if it is there."""
-    d = run_dir / fold_entry["dir"] if fold_entry.get("dir") else None
-    return d if d is not None and d.is_dir() else None
-
-
-def load_run(path: str | os.PathLike) -> Run:
+def load_run(path: str | os.PathLike, label: str = "") -> Run:
     """A run directory (or its results.json) with every fold's log, test predictions and checkpoint."""
     results = load_results(path)
     run_dir = Path(results["_path"]).parent
     folds = []
     for i, entry in enumerate(results["folds"]):
         k = int(entry.get("fold", i))
-        d = _fold_dir(run_dir, entry)
+        d = fold_directory(run_dir, entry)
         art = FoldArtifacts(fold=k, dir=d)
         if d is not None:
             if (d / LOG).is_file():
-                art.log = _read_jsonl(d / LOG)
+                art.log = load_log(d / LOG)
             if (d / PREDICTIONS).is_file():
                 art.predictions = load_predictions(d / PREDICTIONS)
             if (d / BEST).is_file():
                 art.checkpoint = d / BEST
         folds.append(art)
-    return Run(run_dir, results, folds)
+    return Run(run_dir, results, folds, label)
 
 
-def find_baseline_runs(runs: Sequence[Run]) -> list[Run]:
-    """``mean``/``ridge`` runs of the same splits found next to the given runs (sibling directories)."""
-    found = sibling_results([r.dir for r in runs], BASELINES, {r.split for r in runs})
+def load_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[gates.Round], list[list[Run]]]:
+    """The rounds given (run directories, results.json files or seeds directories, :func:`percepiano.gate.load_round`)
+    and, per round, its seeds' runs, named by :func:`percepiano.gate.round_names` (``name/seed7`` for a seed of
+    a seeds directory)."""
+    rounds = [load_round(p) for p in paths]
+    runs = []
+    for rnd, name in zip(rounds, round_names(rounds)):
+        rnd.name = name
+        if rnd.n_seeds == 1:
+            runs.append([load_run(rnd.first["_path"], name)])
+        else:
+            runs.append([load_run(r["_path"], f"{name}/{Path(r['_path']).parent.name}") for r in rnd.runs])
+    return rounds, runs
+
+
+def find_baseline_runs(runs: Sequence[Run], dirs: Sequence[Path] | None = None) -> list[Run]:
+    """``mean``/``ridge`` runs of the same splits found next to the given runs (sibling directories; next to
+    ``dirs`` instead when given: the seeds directory of a multi-seed round, not its seed folders)."""
+    found = sibling_results(dirs if dirs is not None else [r.dir for r in runs], BASELINES, {r.split for r in runs})
     return [load_run(res["_path"]) for res in found]
 
 
@@ -196,6 +201,54 @@ def curves_figure(run: Run):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(run.name)
+    fig.tight_layout()
+    return fig
+
+
+# What the two losses of log.jsonl are (percepiano.training.train_fold): they differ in scale by about the batch
+# size, so they get separate axes.
+TRAIN_LOSS_MEANING = "train loss: mean over the epoch's training batches of MSE(sigmoid(logits), labels), dropout on"
+VALID_LOSS_MEANING = ("valid loss: the original's Σ over batches of 8 of the batch-mean MSE / segments (≈ MSE / 8), "
+                      "eval mode; its minimum picks the checkpoint")
+
+
+def rounds_curves_figure(rounds: Sequence[tuple[str, Sequence[Run]]]):
+    """The rounds' training curves overlaid, one colour per round: train loss, valid loss and test R² per epoch
+    on separate axes; thin lines are single folds (and seeds), the thick line their mean over the epochs all of
+    them reached (None: no logs)."""
+    have = [(name, [f for r in rs for f in r.folds if f.log]) for name, rs in rounds]
+    have = [(name, folds) for name, folds in have if folds]
+    if not have:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    colors = plt.get_cmap("tab10")
+    panels = (("train_loss", TRAIN_LOSS_MEANING), ("valid_loss", VALID_LOSS_MEANING),
+              ("test_r2", "test R² per epoch (logged only; the reported number is the selected epoch's)"))
+    for i, (name, folds) in enumerate(have):
+        c = colors(i % 10)
+        for ax, (key, _) in zip(axes, panels):
+            series = [{int(r["epoch"]): r[key] for r in f.log if r.get(key) is not None} for f in folds]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            for s in series:
+                ep = sorted(s)
+                ax.plot(ep, [s[e] for e in ep], color=c, lw=0.6, alpha=0.35)
+            common = sorted(set.intersection(*(set(s) for s in series)))
+            if common:
+                ax.plot(common, [float(np.mean([s[e] for s in series])) for e in common], color=c, lw=2.2,
+                        label=f"{name} (mean of {len(series)})")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, (key, meaning) in zip(axes, panels):
+        ax.set_title("\n".join(textwrap.wrap(meaning, 48)), fontsize=8)
+        ax.set(xlabel="epoch", ylabel={"train_loss": "train loss", "valid_loss": "valid loss", "test_r2": "test R²"}[key])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle("Training curves of the rounds (thin: one fold of one seed; thick: their mean)")
     fig.tight_layout()
     return fig
 
@@ -353,6 +406,51 @@ def plot_curves(run: Run, path: Path) -> Path | None:
     return _save(curves_figure(run), path, 110)
 
 
+def plot_rounds_curves(rounds: Sequence[tuple[str, Sequence[Run]]], path: Path) -> Path | None:
+    return _save(rounds_curves_figure(rounds), path, 100)
+
+
+def detectable_threshold(rows: Sequence[Mapping]) -> float | None:
+    """Where a power curve's true drop reaches the detectable drop the gate states at that size (the SE, and so
+    the stated size, grows with the perturbation): linear interpolation of ``true_drop − detectable`` between the
+    rows around its sign change; None if it never changes sign."""
+    rows = sorted(rows, key=lambda r: r["true_drop"])
+    gap = [r["true_drop"] - r["detectable"] for r in rows]
+    for (a, ga), (b, gb) in zip(zip(rows, gap), zip(rows[1:], gap[1:])):
+        if ga < 0 <= gb:
+            return float(a["true_drop"] + (b["true_drop"] - a["true_drop"]) * (-ga) / (gb - ga))
+    return None
+
+
+def power_curve_figure(curves: Mapping[str, Sequence[Mapping]], margin: float, title: str = ""):
+    """Fraction of simulated experiments the gate calls *worse* (and *not worse*) against the true drop of mean
+    test R², one line per perturbation (``curves[name]``: the rows of :func:`percepiano.paired.power_curve`);
+    the margin, each perturbation's stated detectable drop (:func:`detectable_threshold`) and the power
+    (``percepiano.paired.POWER``) are marked."""
+    from .paired import POWER
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = plt.get_cmap("tab10")
+    for i, (name, rows) in enumerate(curves.items()):
+        rows = sorted(rows, key=lambda r: r["true_drop"])
+        x = [r["true_drop"] for r in rows]
+        c = colors(i % 10)
+        ax.plot(x, [r["worse"] for r in rows], "o-", color=c, label=f"{name}: called worse")
+        ax.plot(x, [r["not worse"] for r in rows], "s:", color=c, alpha=0.7, label=f"{name}: called not worse")
+        det = detectable_threshold(rows)
+        if det is not None:
+            ax.axvline(det, color=c, ls="--", lw=1, label=f"{name}: stated detectable drop {det:.3f}")
+    ax.axvline(margin, color="k", lw=1, label=f"margin {margin:g}")
+    ax.axhline(POWER, color="grey", lw=0.8, ls="-.", label=f"power {POWER:.0%}")
+    ax.set(xlabel="true drop of mean test R² (on the full test set)", ylabel="fraction of simulated experiments",
+           ylim=(-0.02, 1.02), title=title or "Power of the gate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center right")
+    fig.tight_layout()
+    return fig
+
+
 def plot_per_label(runs: Sequence[Run], targets: Mapping | None, path: Path) -> Path:
     return _save(per_label_figure(runs, targets), path, 110, bbox_inches="tight")
 
@@ -447,8 +545,18 @@ def build_report(
     targets: Mapping | None = None,
     find_baselines: bool = True,
     collapse_ratio: float = diag.COLLAPSE_RATIO,
+    margin: float = gates.DEFAULT_MARGIN,
+    clustering: str | None = None,
+    resamples: int | None = None,
+    level: float | None = None,
 ) -> Report:
     """Write ``report.md``, ``report.html`` and PNGs for ``run_dirs`` into ``out_dir`` (default: ``<first run>/report``).
+
+    ``run_dirs`` are rounds, oldest first: run directories, results.json files or seeds directories (``cv
+    --seeds``). Each neural round is gated against the neural round given before it on the same split
+    (:func:`percepiano.gate.gate` with ``margin``, ``clustering``, ``resamples``, ``level``); a single neural
+    round is gated against its published target. The verdicts open the report, the ΔR² per label and per fold
+    with their intervals follow, and the rounds' training curves are overlaid.
 
     ``data``: a loaded :class:`percepiano.data.PercePianoData` for the attention heatmaps (default: the
     ``PERCEPIANO_DATA`` dataset, if set). ``targets``: published targets (default: the package's
@@ -457,10 +565,11 @@ def build_report(
     """
     if not run_dirs:
         raise ValueError("report: give at least one run directory")
-    runs = [load_run(d) for d in run_dirs]
+    rounds, per_round = load_runs(run_dirs)
+    runs = [r for rs in per_round for r in rs]
     if find_baselines:
-        runs += find_baseline_runs(runs)
-    out = Path(out_dir) if out_dir is not None else runs[0].dir / "report"
+        runs += find_baseline_runs(runs, [rnd.dir for rnd in rounds])
+    out = Path(out_dir) if out_dir is not None else rounds[0].dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     skipped: dict[str, str] = {}
     if targets is None:
@@ -471,12 +580,17 @@ def build_report(
             skipped["targets"] = str(exc)
     models = [r for r in runs if not r.is_baseline]
     spreads = prediction_spreads(runs, collapse_ratio)
+    options = {k: v for k, v in (("clustering", clustering), ("resamples", resamples), ("level", level)) if v is not None}
+    verdicts = round_verdicts(rounds, margin=margin, targets_file=None, skipped=skipped, **options)
 
     doc = Document()
     images: list[Path] = []
     _introduction(doc, runs)
+    _verdicts(doc, verdicts)
+    _round_comparison(doc, verdicts)
     _summary(doc, runs, targets, spreads, collapse_ratio, skipped)
     _folds(doc, runs)
+    images += _rounds_curves(doc, rounds, per_round, out)
     images += _training_curves(doc, models, out)
     images += _per_label(doc, runs, targets, out)
     images += _predicted_vs_true(doc, runs, spreads, out)
@@ -490,6 +604,114 @@ def build_report(
     ht = out / "report.html"
     ht.write_text(doc.html("PercePiano run report: " + ", ".join(r.name for r in runs)), encoding="utf-8")
     return Report(md, ht, images, skipped)
+
+
+@dataclass
+class RoundVerdict:
+    """The gate of one round in the report: its result, or why there is none."""
+
+    name: str
+    against: str  # the previous round's name, or "targets"
+    result: gates.GateResult | None
+    reason: str = ""
+
+
+def round_verdicts(rounds: Sequence[gates.Round], *, margin: float = gates.DEFAULT_MARGIN, targets_file=None,
+                   skipped: dict[str, str] | None = None, **options) -> list[RoundVerdict]:
+    """Each neural round against the neural round before it on the same split; a split with one neural round
+    against its published target. A round that cannot be gated (no predictions, different test segments, no
+    target) gets the reason instead."""
+    neural = [r for r in rounds if r.preset not in BASELINES]
+    out = []
+    for i, rnd in enumerate(neural):
+        before = [r for r in neural[:i] if r.split == rnd.split]
+        same_split = [r for r in neural if r.split == rnd.split]
+        if not before and len(same_split) > 1:
+            continue  # the oldest round of its split is the reference of the next one
+        against = before[-1] if before else "targets"
+        try:
+            res = gates.gate(rnd, against, margin=margin, targets_file=targets_file, **options)
+        except (ValueError, FileNotFoundError) as exc:
+            out.append(RoundVerdict(rnd.name, "targets" if against == "targets" else against.name, None, str(exc)))
+            if skipped is not None:
+                skipped[f"verdict {rnd.name}"] = str(exc)
+            continue
+        out.append(RoundVerdict(rnd.name, "targets" if against == "targets" else against.name, res))
+    return out
+
+
+def _verdicts(doc: Document, verdicts: Sequence[RoundVerdict]) -> None:
+    doc.h(2, "Verdict")
+    if not verdicts:
+        doc.p("No neural round given: nothing to gate.")
+        return
+    rows = []
+    for v in verdicts:
+        r = v.result
+        if r is None:
+            rows.append([v.name, v.against, "no verdict", v.reason])
+            continue
+        rows.append([v.name, v.against, f"**{r.verdict}** (exit {r.exit_code})", gates.verdict_line(r)])
+    doc.table(["run", "against", "verdict", "why"], rows)
+    notes = sorted({n for v in verdicts if v.result is not None for n in v.result.notes if "seed" in n})
+    for n in notes:
+        doc.p(f"Note: {n}.")
+    doc.p("`percepiano gate` decides the same way (docs/debugging_rounds.md#the-verdict): *not worse* when the "
+          "interval of ΔR² excludes a drop larger than the margin, *worse* when it lies below −margin, *inconclusive* "
+          "otherwise; against the published target, pass when the mean is within the tolerance of it.")
+
+
+def _round_comparison(doc: Document, verdicts: Sequence[RoundVerdict]) -> None:
+    paired_ones = [v for v in verdicts if v.result is not None and v.result.comparison is not None]
+    if not paired_ones:
+        return
+    doc.h(2, "Round comparison: ΔR² with intervals")
+    for v in paired_ones:
+        r, c = v.result, v.result.comparison
+        lvl = f"{c.level:.0%} interval"
+        rows = [[v.name, v.against, "mean over labels", _f(c.old_value), _f(c.new_value), _f(c.overall.value, 4, True),
+                 _interval(c.overall), _below(c.overall, r.allowed_drop)]]
+        for name, e, a, b in zip(r.label_names, c.per_label, c.old_per_label, c.new_per_label):
+            rows.append([v.name, v.against, name, _f(float(a)), _f(float(b)), _f(e.value, 4, True), _interval(e),
+                         _below(e, r.allowed_drop)])
+        doc.table(["run", "against", "label", f"R² {v.against}", f"R² {v.name}", "ΔR²", lvl, "below −margin"], rows)
+        doc.table(["run", "against", "fold", "ΔR²", lvl],
+                  [[v.name, v.against, str(k), _f(e.value, 4, True), _interval(e)]
+                   for k, e in zip(r.round.fold_ids, c.per_fold)])
+        doc.p(f"`{v.name}` against `{v.against}`: {c.n_segments} test segments in {' x '.join(map(str, c.clusters))} "
+              f"{c.clustering} clusters, {c.resamples} bootstrap resamples, seeds {c.n_seeds_new} and {c.n_seeds_old}, "
+              f"margin {r.allowed_drop:g}. Config differences (old → new): "
+              + ("; ".join(f"`{d}`" for d in r.differences) if r.differences else "none") + ".")
+        p = r.planning
+        if p is not None:
+            doc.p(f"Minimum detectable effect {p.mde:.4f} at these seeds and segments; training noise "
+                  f"{p.seed_var_from}" + (f", with it {p.mde_with_training:.4f}" if p.mde_with_training is not None else "")
+                  + (f"; {p.why}; the estimate lies {p.distance:.4f} from −margin, resolving it needs "
+                     + (f"{p.resolve_seeds} seed(s) per round" if p.resolve_seeds is not None else "more seeds and segments than a run has")
+                     if r.verdict == "inconclusive" else "") + ".")
+
+
+def _interval(e) -> str:
+    return f"[{e.low:+.4f}, {e.high:+.4f}]"
+
+
+def _below(e, margin: float) -> str:
+    return "**yes**" if e.high < -margin else "no"
+
+
+def _rounds_curves(doc: Document, rounds: Sequence[gates.Round], per_round: Sequence[Sequence[Run]], out: Path) -> list[Path]:
+    neural = [(rnd.name, rs) for rnd, rs in zip(rounds, per_round) if rnd.preset not in BASELINES]
+    if len(neural) < 2 and not any(len(rs) > 1 for _, rs in neural):
+        return []
+    doc.h(2, "Training curves of the rounds, overlaid")
+    p = plot_rounds_curves(neural, out / "rounds_curves.png")
+    if p is None:
+        doc.p("No log.jsonl in the rounds' fold directories: no curves.")
+        return []
+    doc.img(p, "training curves of the rounds")
+    doc.p(f"{TRAIN_LOSS_MEANING}. {VALID_LOSS_MEANING}. The two differ in scale by about the batch size, hence "
+          "separate axes; the test R² per epoch is logged for inspection only (the protocol never selects on it).")
+    return [p]
 
 
 def prediction_spreads(runs: Sequence[Run], collapse_ratio: float = diag.COLLAPSE_RATIO) -> dict[str, list[diag.SpreadRow]]:
@@ -509,7 +731,7 @@ def _f(v, nd=3, signed=False) -> str:
 
 
 def _image_path(out: Path, kind: str, run: Run) -> Path:
-    return out / f"{kind}_{slug(run.preset + '_' + run.split + '_' + run.dir.name)}.png"
+    return out / f"{kind}_{slug(run.preset + '_' + run.split + '_' + (run.label or run.dir.name))}.png"
 
 
 def _introduction(doc: Document, runs: Sequence[Run]) -> None:
@@ -550,12 +772,12 @@ def _summary(doc: Document, runs: Sequence[Run], targets: Mapping | None, spread
         else:
             n_coll = "n/a (no predictions saved)"
         rows.append([
-            r.preset, r.split, str(len(res["folds"])), "–" if res.get("epochs") is None else str(res["epochs"]),
+            r.name, r.preset, r.split, str(len(res["folds"])), "–" if res.get("epochs") is None else str(res["epochs"]),
             str(res.get("protocol", "?")), _f(res["mean_test_r2"]),
             _f(fold_spread(res)), _f(t), _f(None if t is None else res["mean_test_r2"] - t, signed=True),
             _vs_ridge(r, ridge_runs), n_coll,
         ])
-    doc.table(["preset", "split", "folds", "epochs", "protocol", "mean test R²", "fold std", "published", "Δ vs published",
+    doc.table(["run", "preset", "split", "folds", "epochs", "protocol", "mean test R²", "fold std", "published", "Δ vs published",
                f"vs {BASELINE_PRESET}", "collapsed labels"], rows)
     doc.p(f"A label is *collapsed* when std(prediction) / std(label) on the test split, averaged over folds, is below "
           f"{collapse_ratio} (percepiano.diagnostics.COLLAPSE_RATIO). Published targets are means only; runs with "
@@ -625,8 +847,9 @@ def _hierarchy_gain(doc: Document, models: Sequence[Run], targets: Mapping | Non
     rows = []
     for s in common:
         g = diag.hierarchy_gain(han[s].results, sa[s].results, targets=targets)
-        rows.append([s, _f(g.han_r2), _f(g.bilstm_sa_r2), _f(g.gain, signed=True), _f(g.paper_gain, signed=True)])
-    doc.table(["split", "han", "bilstm_sa", "gain", "published gain"], rows)
+        rows.append([s, han[s].name, sa[s].name, _f(g.han_r2), _f(g.bilstm_sa_r2), _f(g.gain, signed=True),
+                     _f(g.paper_gain, signed=True)])
+    doc.table(["split", "han run", "bilstm_sa run", "han", "bilstm_sa", "gain", "published gain"], rows)
 
 
 def _attention(doc: Document, models: Sequence[Run], data, segment: str | None, out: Path,
@@ -648,8 +871,9 @@ def _attention(doc: Document, models: Sequence[Run], data, segment: str | None, 
         doc.p(f"`{r.name}`: fold {att['fold']} checkpoint, segment `{att['segment']}` ({att['part']} split of that fold).")
         doc.img(p, f"attention {r.name}")
         ent = att["entropy"]
-        doc.table(["level", "normalized entropy (mean over heads)", "segments counted", "size-1 excluded"],
-                  [[k, _f(v["mean"], 4), str(v["n_segments"]), str(v["n_singletons_excluded"])] for k, v in ent.items()])
+        doc.table(["run", "level", "normalized entropy (mean over heads)", "segments counted", "size-1 excluded"],
+                  [[r.name, k, _f(v["mean"], 4), str(v["n_segments"]), str(v["n_singletons_excluded"])]
+                   for k, v in ent.items()])
     if not models:
         doc.p("No neural run given: no attention to show.")
     elif images:

@@ -2,8 +2,11 @@
 
 - ``results.json``: what ``percepiano cv`` writes into its run directory (:func:`write_results`): the mean
   test R² over folds, every fold's test R² and per-label test R², the config and the environment.
-  :func:`load_results` reads it back; :func:`fold_values`, :func:`fold_spread`, :func:`metric_value` and
-  :func:`per_label_mean` are the numbers the gate, the report and the diagnostics take from it.
+  :func:`load_results` reads it back and checks it (:func:`check_results`: the fields the readers use, every
+  number finite, ``mean_test_r2`` equal to the mean of the folds' ``test_r2``); :func:`fold_values`,
+  :func:`fold_spread`, :func:`metric_value` and :func:`per_label_mean` are the numbers the gate, the report
+  and the diagnostics take from it.
+- ``log.jsonl`` of a fold directory: one JSON object per epoch (:func:`load_log`).
 - ``test_predictions.npz`` of a fold directory: the per-segment test predictions (:func:`load_predictions`).
 - ``percepiano/resources/regression_targets.json``: the published mean test R² of each preset and split
   (:func:`load_targets`, :func:`target_for`, :func:`target_tolerance`).
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Collection, Iterable, Mapping
@@ -19,6 +23,41 @@ from typing import Collection, Iterable, Mapping
 import numpy as np
 
 RESULTS = "results.json"
+# How far results.json's mean_test_r2 may be from the mean of its folds' test_r2 (float rounding only: cv
+# writes float(np.mean(...)) of the same numbers).
+MEAN_TOLERANCE = 1e-9
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JSON files
+# ---------------------------------------------------------------------------------------------------------
+def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict:
+    """The JSON object in ``path``; ``ValueError`` naming the file when it is not valid JSON (or not UTF-8)
+    or holds something other than an object (``null``, a list, a number)."""
+    p = Path(path)
+    try:
+        value = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{p}: not a valid {what} ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{p}: expected a JSON object ({what}), got {json.dumps(value)[:40]}")
+    return value
+
+
+def _non_finite(value, where: str):
+    """The path of the first non-finite number (NaN, Infinity: Python's json reads them) under ``value``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]")
+        if found:
+            return found
+    return None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -35,24 +74,63 @@ def write_results(results: Mapping, run_dir: str | os.PathLike) -> Path:
 
 
 def load_results(path_or_results: str | os.PathLike | Mapping) -> dict:
-    """A ``results.json`` as a dict; accepts the file, its run directory, or an already loaded dict.
+    """A ``results.json`` as a dict, checked by :func:`check_results`; accepts the file, its run directory,
+    or an already loaded dict (checked too).
 
     A loaded file gets its path under ``_path``.
     """
     if isinstance(path_or_results, Mapping):
-        return dict(path_or_results)
+        res = dict(path_or_results)
+        check_results(res, res.get("_path", "<results>"))
+        return res
     p = Path(path_or_results)
     if p.is_dir():
         p = p / RESULTS
     if not p.is_file():
         raise FileNotFoundError(f"results file not found: {p}")
-    with open(p, encoding="utf-8") as fh:
-        res = json.load(fh)
-    for key in ("mean_test_r2", "folds"):
-        if key not in res:
-            raise ValueError(f"{p}: not a `percepiano cv` results file (missing {key!r})")
+    res = read_json_object(p, "`percepiano cv` results file")
+    check_results(res, p)
     res.setdefault("_path", str(p))
     return res
+
+
+def check_results(res: Mapping, where: str | os.PathLike = "<results>") -> None:
+    """``ValueError`` naming ``where`` and the field unless ``res`` is a usable results.json: ``mean_test_r2``
+    a number, ``folds`` a non-empty list of objects each with a number ``test_r2`` (and ``per_label_test_r2``,
+    where given, one number per label), no NaN or Infinity anywhere, and ``mean_test_r2`` the mean of the
+    folds' ``test_r2`` (within :data:`MEAN_TOLERANCE`): the gate and the report read the mean as written."""
+    def fail(field: str, what: str):
+        return ValueError(f"{where}: field {field!r}: {what}")
+
+    for key in ("mean_test_r2", "folds"):
+        if key not in res:
+            raise ValueError(f"{where}: not a `percepiano cv` results file (missing {key!r})")
+    if not _is_number(res["mean_test_r2"]):
+        raise fail("mean_test_r2", f"expected a number, got {res['mean_test_r2']!r}")
+    folds = res["folds"]
+    if not isinstance(folds, list) or not folds or not all(isinstance(f, Mapping) for f in folds):
+        raise fail("folds", "expected a non-empty list of fold objects")
+    names = res.get("label_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise fail("label_names", "expected a list of label names")
+    for i, fold in enumerate(folds):
+        if not _is_number(fold.get("test_r2")):
+            raise fail(f"folds[{i}].test_r2", f"expected a number, got {fold.get('test_r2')!r}")
+        per = fold.get("per_label_test_r2")
+        if per is None:
+            continue
+        values = list(per.values()) if isinstance(per, Mapping) else per if isinstance(per, list) else None
+        if values is None or not all(_is_number(v) for v in values):
+            raise fail(f"folds[{i}].per_label_test_r2", "expected one number per label (a list or an object)")
+        if names is not None and len(values) != len(names):
+            raise fail(f"folds[{i}].per_label_test_r2", f"{len(values)} values for {len(names)} label_names")
+    bad = _non_finite({k: v for k, v in res.items() if k != "_path"}, "")
+    if bad:
+        raise fail(bad.lstrip("."), "not a finite number (NaN or Infinity): a diverged or broken run")
+    mean = float(np.mean([float(f["test_r2"]) for f in folds]))
+    if abs(float(res["mean_test_r2"]) - mean) > MEAN_TOLERANCE:
+        raise fail("mean_test_r2", f"{res['mean_test_r2']!r} is not the mean of the folds' test_r2 "
+                   f"({[f['test_r2'] for f in folds]} -> {mean!r}): the file was edited or is not from `percepiano cv`")
 
 
 def sibling_results(run_dirs: Iterable[str | os.PathLike], presets: Collection[str], splits: Collection[str]) -> list[dict]:
@@ -67,7 +145,7 @@ def sibling_results(run_dirs: Iterable[str | os.PathLike], presets: Collection[s
                 continue
             try:
                 res = load_results(cand)
-            except (ValueError, OSError):
+            except (ValueError, OSError):  # a broken neighbour is not this run's problem: skip it
                 continue
             if res.get("preset") in presets and res.get("split") in splits:
                 found.append(res)
@@ -136,20 +214,49 @@ def per_label_mean(results: Mapping) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The per-epoch log of a fold
+# ---------------------------------------------------------------------------------------------------------
+def load_log(path: str | os.PathLike) -> list[dict]:
+    """The records of a fold's ``log.jsonl`` (one JSON object per line; blank lines skipped); ``ValueError``
+    naming the file and the line for a line that is not valid JSON or not an object (``null``, say)."""
+    rows = []
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not a text file ({exc})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p}: line {number} is not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{p}: line {number}: expected a JSON object (one epoch's record), "
+                             f"got {line.strip()[:40]}")
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Per-segment test predictions of a fold
 # ---------------------------------------------------------------------------------------------------------
 def load_predictions(path: str | os.PathLike) -> dict:
     """``{"segment_ids", "predictions" (n, L), "labels" (n, L)}`` from the npz that ``percepiano cv`` saves
-    (:func:`percepiano.training.save_predictions`; no pickle)."""
-    with np.load(path, allow_pickle=False) as z:
-        missing = [k for k in ("predictions", "labels") if k not in z.files]
-        if missing:
-            raise ValueError(f"{path}: no {missing[0]} array (has {z.files})")
-        out = {
-            "predictions": np.asarray(z["predictions"], dtype=np.float64),
-            "labels": np.asarray(z["labels"], dtype=np.float64),
-        }
-        ids = z["segment_ids"] if "segment_ids" in z.files else None
+    (:func:`percepiano.training.save_predictions`; no pickle); ``ValueError`` naming the file for one that is
+    not a readable npz or lacks those arrays."""
+    from .data import read_npz  # the one npz reader; imported here: percepiano.data imports torch
+
+    z = read_npz(path, "expected a fold's test_predictions.npz")
+    missing = [k for k in ("predictions", "labels") if k not in z]
+    if missing:
+        raise ValueError(f"{path}: no {missing[0]} array (has {sorted(z)})")
+    out = {
+        "predictions": np.asarray(z["predictions"], dtype=np.float64),
+        "labels": np.asarray(z["labels"], dtype=np.float64),
+    }
+    ids = z.get("segment_ids")
     out["segment_ids"] = [str(s) for s in ids] if ids is not None else [str(i) for i in range(len(out["labels"]))]
     if out["predictions"].shape != out["labels"].shape:
         raise ValueError(f"{path}: predictions {out['predictions'].shape} and labels {out['labels'].shape} differ")
@@ -164,12 +271,35 @@ def targets_path() -> Path:
 
 
 def load_targets(path: str | os.PathLike | None = None) -> dict:
-    """The published R² targets (``percepiano/resources/regression_targets.json`` unless ``path`` is given)."""
+    """The published R² targets (``percepiano/resources/regression_targets.json`` unless ``path`` is given);
+    ``ValueError`` naming the file and the field for one that is not JSON, not an object, or whose targets
+    and tolerances are not finite numbers (``null``: no target)."""
     p = Path(path) if path is not None else targets_path()
     if not p.is_file():
         raise FileNotFoundError(f"regression targets not found: {p}")
-    with open(p, encoding="utf-8") as fh:
-        return json.load(fh)
+    targets = read_json_object(p, "targets file")
+    root = targets.get("targets", targets)
+    if not isinstance(root, Mapping):
+        raise ValueError(f"{p}: field 'targets': expected an object of splits, got {json.dumps(root)[:40]}")
+    prefix = "targets." if "targets" in targets else ""
+    checks = [(f"{prefix}tolerance", root.get("tolerance"))]
+    for split, entries in root.items():
+        if not isinstance(entries, Mapping):
+            continue  # a description (source, rule, notes)
+        for preset, entry in entries.items():
+            field = f"{prefix}{split}.{preset}"
+            if isinstance(entry, Mapping):
+                checks += [(f"{field}.{k}", entry.get(k)) for k in ("mean_test_r2", "r2", "target", "tolerance")]
+                per = entry.get("per_label", {})
+                if not isinstance(per, Mapping):
+                    raise ValueError(f"{p}: field {field + '.per_label'!r}: expected an object of label -> R²")
+                checks += [(f"{field}.per_label.{k}", v) for k, v in per.items()]
+            else:
+                checks.append((field, entry))
+    for field, value in checks:
+        if value is not None and not (_is_number(value) and math.isfinite(value)):
+            raise ValueError(f"{p}: field {field!r}: expected a finite number or null, got {json.dumps(value)}")
+    return targets
 
 
 def _targets_root(targets: Mapping) -> Mapping:
@@ -211,3 +341,37 @@ def target_tolerance(targets: Mapping, split: str, preset: str) -> float | None:
     entry = entry if isinstance(entry, Mapping) else {}
     tol = entry.get("tolerance", _targets_root(targets).get("tolerance"))
     return None if tol is None else float(tol)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# seeds.json: the index of a multi-seed `percepiano cv --seeds` run
+# ---------------------------------------------------------------------------------------------------------
+SEEDS = "seeds.json"
+
+
+def write_seeds_index(index: Mapping, run_dir: str | os.PathLike) -> Path:
+    """Write ``run_dir/seeds.json`` (``{"seeds", "runs", "preset", "split"}``: ``runs[i]`` is the folder of
+    ``seeds[i]``'s single-seed run, relative to ``run_dir``) atomically; returns its path."""
+    from .checkpoints import atomic_write_text
+
+    path = Path(run_dir) / SEEDS
+    atomic_write_text(json.dumps(dict(index), indent=1) + "\n", path)
+    return path
+
+
+def load_seeds_index(path: str | os.PathLike) -> dict:
+    """A ``seeds.json`` (the file or its run directory) as a dict; ``ValueError`` naming the field that is not
+    what :func:`write_seeds_index` writes."""
+    p = Path(path) / SEEDS if Path(path).is_dir() else Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"seeds index not found: {p}")
+    index = read_json_object(p, "seeds index")
+    seeds, runs = index.get("seeds"), index.get("runs")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"{p}: field 'seeds': expected a non-empty list of integers, got {seeds!r}")
+    if not isinstance(runs, list) or len(runs) != len(seeds) or not all(isinstance(r, str) for r in runs):
+        raise ValueError(f"{p}: field 'runs': expected {len(seeds)} folder names (one per seed), got {runs!r}")
+    for key in ("preset", "split"):
+        if not isinstance(index.get(key), str):
+            raise ValueError(f"{p}: field {key!r}: expected a string, got {index.get(key)!r}")
+    return index

@@ -8,20 +8,31 @@ test split at batch size 1 (the original eval script). The 4 folds of a split an
 them are :func:`percepiano.cv.run_cv`.
 
 Files in a fold directory: ``log.jsonl`` (one JSON record per epoch), ``last.pt`` (everything needed to resume,
-written atomically after every epoch), ``best.pt`` (the selected model), ``test_predictions.npz`` and
-``fold_result.json``. The checkpoints' format, the atomic writes and the RNG state are
-:mod:`percepiano.checkpoints`.
+written atomically after every epoch; removed when the fold finishes with ``keep="best"``), ``best.pt`` (the
+selected model), ``test_predictions.npz`` and ``fold_result.json``. The checkpoints' format, the atomic writes
+and the RNG state are :mod:`percepiano.checkpoints`. ``last.pt``, ``best.pt`` and ``fold_result.json`` carry
+the fold's identity (:mod:`percepiano.provenance`: preset, configs, seed, split, fold, code, dataset sha256).
 
-Resuming (``resume=True``) restores model, optimizer, scheduler, the RNG states and the history from
-``last.pt``; the shuffle order is a function of (seed, epoch) only. On CPU a resumed run ends bitwise equal
-to an uninterrupted one (tests/test_training.py). On CUDA, cuDNN keeps the LSTM-dropout RNG state internally,
-where it cannot be saved, so a resumed GPU run is a valid continuation but not bitwise the same.
+A directory that holds a run is never overwritten. Resuming (``resume=True``) needs a ``last.pt`` whose
+identity is the requested one (more epochs allowed; another code version only with ``allow_code_change``,
+recorded under ``code_changes``); it restores model, optimizer, scheduler, the RNG states and the history;
+the shuffle order is a function of (seed, epoch) only (rng "own") or of the saved global RNG state (rng
+"original"). On CPU a resumed run ends bitwise equal to an uninterrupted one (tests/test_training.py). On CUDA,
+cuDNN keeps the LSTM-dropout RNG state internally, where it cannot be saved, so a resumed GPU run is a valid
+continuation but not bitwise the same.
+
+Random draws (``TrainConfig.rng``): ``"own"`` shuffles with a generator seeded from (seed, epoch) and lets every
+dropout draw from the global generator where our forward needs it; ``"original"`` replays the original's draws
+(:mod:`percepiano.replay`: its initial weights, batch order and every dropout mask), so that on a CPU, with
+the same seed, the run is the original's step for step. ``step_log=True`` writes ``steps.jsonl``: one record per
+optimizer step (step, epoch, loss, grad_norm before clipping, the lr the step used, the batch's segment ids).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -49,9 +60,25 @@ from .constants import PARTS
 from .data import Batch, PercePianoData, feature_size, iterate_batches, num_batches
 from .hierarchy import BatchShapes
 from .metrics import evaluate_predictions, r2
+from .provenance import check_identity, fold_identity, run_identity
+from . import replay
+from .results import RESULTS, SEEDS
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
-PREDICTIONS, FOLD_RESULT = "test_predictions.npz", "fold_result.json"
+PREDICTIONS, FOLD_RESULT, STEPS = "test_predictions.npz", "fold_result.json", "steps.jsonl"
+FOLD_FILES = (LAST, BEST, LOG, PREDICTIONS, FOLD_RESULT, STEPS)
+# Random draws of a run (TrainConfig.rng, module docstring): our own plan, or the original's replayed; "auto"
+# replays on a CPU, where the replay is exact and costs under 5 % of a step (README.md, "Seed-exact replay"),
+# and uses our own plan elsewhere (the original's GPU dropout is cuDNN's: nothing to replay there).
+RNG_AUTO, RNG_OWN, RNG_ORIGINAL = "auto", "own", "original"
+RNG_CHOICES = (RNG_AUTO, RNG_OWN, RNG_ORIGINAL)
+# Training precision (TrainConfig.dtype): the original trains in float32; float64 is for exact comparisons.
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# What a finished fold keeps: "all" (the original keeps checkpoint_last.pt too), or "best": last.pt (the model
+# plus Adam's two moment buffers, 3x the size of best.pt) is deleted once the fold's result is written.
+KEEP_ALL, KEEP_BEST = "all", "best"
+KEEP_CHOICES = (KEEP_ALL, KEEP_BEST)
+_RUN_DIR = re.compile(r"(fold\d+|seed-?\d+)")  # the fold and seed folders of a cv run
 
 
 @dataclass(frozen=True)
@@ -70,6 +97,8 @@ class TrainConfig(DictRoundTrip):
     seed: int = 7  # argparse th_seed: random, numpy and torch seeded before the model is built
     deterministic: bool = False  # torch.use_deterministic_algorithms(True) (+ cuDNN/cuBLAS settings); original: off
     eval_test_every_epoch: bool = True  # the original computes (and only logs) test metrics after every epoch
+    rng: str = RNG_AUTO  # "own", "original" (replay the original's init, batch order, dropout) or "auto" (CPU: original)
+    dtype: str = "float32"  # the original trains in float32; "float64" for exact comparisons with it
     # --- small runs only (None = the original protocol) ---
     limit_segments: int | None = None  # keep only the first N segments of each of train/valid/test
     max_train_batches: int | None = None  # stop each training epoch after N batches
@@ -84,13 +113,18 @@ class TrainConfig(DictRoundTrip):
                 raise ValueError(f"TrainConfig.{name}: expected None or >= 1, got {v!r}")
         if not self.lr > 0 or self.weight_decay < 0 or not self.grad_clip > 0 or not 0 < self.lr_gamma <= 1:
             raise ValueError(f"TrainConfig: invalid optimisation values {self}")
+        if self.rng not in RNG_CHOICES:
+            raise ValueError(f"TrainConfig.rng: expected one of {list(RNG_CHOICES)}, got {self.rng!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TrainConfig.dtype: expected one of {list(DTYPES)}, got {self.dtype!r}")
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
     def is_original(self) -> bool:
-        """True when the protocol is the published one (determinism and per-epoch test logging aside)."""
-        ignore = {"deterministic", "eval_test_every_epoch"}
+        """True when the protocol is the published one (determinism, per-epoch test logging and whose random
+        draws aside: both rng plans follow the protocol)."""
+        ignore = {"deterministic", "eval_test_every_epoch", "rng"}
         mine, orig = self.to_dict(), TrainConfig().to_dict()
         return all(mine[k] == orig[k] for k in mine if k not in ignore)
 
@@ -108,38 +142,70 @@ def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainConfig) -> torc
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=tcfg.lr_step_size, gamma=tcfg.lr_gamma)
 
 
+def effective_rng(tcfg: TrainConfig, model_cfg: ModelConfig, device: torch.device | str) -> str:
+    """The random-draw plan a run uses: ``tcfg.rng``, with "auto" resolved to "original" on a CPU for a model
+    the replay covers (the original init), else to "own"."""
+    if tcfg.rng != RNG_AUTO:
+        return tcfg.rng
+    replayable = torch.device(device).type == "cpu" and model_cfg.init == "pytorch_default"
+    return RNG_ORIGINAL if replayable else RNG_OWN
+
+
+def build_training(model_cfg: ModelConfig, tcfg: TrainConfig, device: torch.device | str = "cpu"):
+    """(model, optimizer, scheduler) of a run, as the original's ``main`` and ``train`` make them: seeded and
+    initialised (rng "own": our model's construction draws; "original": the original's, replayed), in
+    ``tcfg.dtype``, then Adam and StepLR."""
+    if effective_rng(tcfg, model_cfg, device) == RNG_ORIGINAL:
+        model = replay.build_model(model_cfg, tcfg.seed, device)
+    else:
+        model = build_model(model_cfg, tcfg.seed, device)
+    model = model.to(DTYPES[tcfg.dtype])
+    optimizer = build_optimizer(model, tcfg)
+    return model, optimizer, build_scheduler(optimizer, tcfg)
+
+
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``nn.MSELoss()(sigmoid(logits), labels)``: mean over batch x labels."""
     return nn.functional.mse_loss(torch.sigmoid(logits), labels)
 
 
-def _forward(model: nn.Module, batch, shapes=None) -> torch.Tensor:
-    return model(batch.x, batch.lengths, batch.note_locations, shapes=shapes)
+def _forward(model: nn.Module, batch, shapes=None, dropout_masks=None) -> torch.Tensor:
+    if dropout_masks is None:
+        return model(batch.x, batch.lengths, batch.note_locations, shapes=shapes)
+    return model(batch.x, batch.lengths, batch.note_locations, shapes=shapes, dropout_masks=dropout_masks)
 
 
 def to_device(model: nn.Module, batch: Batch, device: torch.device) -> tuple[Batch, BatchShapes]:
     """The batch on ``device`` and its :class:`~percepiano.hierarchy.BatchShapes`, worked out on the host
     first, so that the forward pass reads nothing back from the device. CUDA copies go through pinned
-    memory and do not block the host."""
+    memory and do not block the host. Input and labels take the model's floating dtype (float64 training)."""
     shapes = model.batch_shapes(batch.lengths, batch.note_locations)
+    dtype = next(model.parameters()).dtype
+    if batch.x.dtype != dtype:
+        batch = dataclasses.replace(batch, x=batch.x.to(dtype), labels=batch.labels.to(dtype))
     if device.type == "cuda":
         return batch.pin_memory().to(device, non_blocking=True), shapes
     return batch.to(device), shapes
 
 
-def train_step(model: nn.Module, batch, optimizer, scheduler, tcfg: TrainConfig, shapes=None) -> torch.Tensor:
+def train_step(model: nn.Module, batch, optimizer, scheduler, tcfg: TrainConfig, shapes=None,
+               dropout_masks: "replay.DropoutMasks | None" = None, record: dict | None = None) -> torch.Tensor:
     """One original training iteration; returns the detached loss tensor (on the model's device). With
     ``shapes`` (see :func:`to_device`) and a model that no longer validates its inputs, nothing in it waits
-    for the device.
+    for the device. ``dropout_masks``: the step's dropout, drawn by :func:`percepiano.replay.draw_step_masks`
+    (rng "original"). ``record``: receives ``grad_norm`` (the tensor ``clip_grad_norm_`` returns: the norm before
+    clipping) and ``lr`` (the learning rate this step used).
 
     train mode -> forward -> loss -> zero_grad -> backward -> clip_grad_norm_(all parameters) -> step ->
     scheduler.step().
     """
     model.train()
-    loss = loss_fn(_forward(model, batch, shapes), batch.labels)
+    loss = loss_fn(_forward(model, batch, shapes, dropout_masks), batch.labels)
     optimizer.zero_grad()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+    if record is not None:
+        record.update(grad_norm=grad_norm.detach(), lr=float(optimizer.param_groups[0]["lr"]))
     optimizer.step()
     scheduler.step()
     return loss.detach()
@@ -148,8 +214,8 @@ def train_step(model: nn.Module, batch, optimizer, scheduler, tcfg: TrainConfig,
 @dataclass
 class SplitPredictions:
     segment_ids: list[str]
-    logits: np.ndarray  # (n, 19) float32
-    predictions: np.ndarray  # (n, 19) float32 = sigmoid(logits)
+    logits: np.ndarray  # (n, 19) float32 (float64 for a float64 model)
+    predictions: np.ndarray  # (n, 19) = sigmoid(logits), the same dtype
     labels: np.ndarray  # (n, 19) float32
     loss: float  # the original's valid loss: (Σ over batches of the batch-mean MSE) / n
 
@@ -180,7 +246,8 @@ def predict_split(
     finally:
         model.train(was_training)
     idx = np.asarray(indices, dtype=np.int64)
-    lg = torch.cat(logits).float()
+    lg = torch.cat(logits)
+    lg = lg if lg.dtype == torch.float64 else lg.float()  # float64 training keeps its precision
     pred = torch.sigmoid(lg)
     return SplitPredictions(
         segment_ids=ids,
@@ -224,14 +291,92 @@ def check_data_for_model(model: nn.Module, data: PercePianoData, indices, featur
 # --------------------------------------------------------------------------------------------- one fold
 
 
+def train_epoch(
+    model: nn.Module, data: PercePianoData, train: np.ndarray, optimizer, scheduler, tcfg: TrainConfig, epoch: int,
+    *, feature_set: str, device: torch.device, step_log: bool = False, on_step: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, list[dict]]:
+    """The training steps of epoch ``epoch`` (0-based) over the dataset rows ``train``: (Σ of the step losses
+    as a device tensor, the step records if ``step_log``: step, epoch, loss, grad_norm and lr, as tensors and
+    floats, and the batch's segment ids). Under rng "original" each step's dropout is drawn on the host, before its forward, in the
+    original's order (:func:`percepiano.replay.draw_step_masks`); "auto" is resolved by :func:`effective_rng`."""
+    tcfg = tcfg.replace(rng=effective_rng(tcfg, model.config, device))
+    model.train()
+    loss_sum = torch.zeros((), device=device, dtype=next(model.parameters()).dtype)  # float64 runs sum in float64
+    steps: list[dict] = []
+    for batch in _train_batches(data, train, tcfg, feature_set, epoch):
+        masks = None
+        if tcfg.rng == RNG_ORIGINAL:
+            masks = replay.draw_step_masks(model.config, batch.lengths, batch.note_locations, DTYPES[tcfg.dtype])
+            masks = masks if masks is None or device.type == "cpu" else masks.to(device)
+        segment_ids = batch.segment_ids
+        batch, shapes = to_device(model, batch, device)
+        record = {} if step_log else None
+        loss = train_step(model, batch, optimizer, scheduler, tcfg, shapes, masks, record)
+        loss_sum += loss
+        if record is not None:
+            steps.append({"step": int(scheduler.last_epoch), "epoch": epoch + 1, "loss": loss, **record,
+                          "segment_ids": list(segment_ids)})
+        if on_step is not None:
+            on_step()
+    return loss_sum, steps
+
+
+def _train_batches(data: PercePianoData, train: np.ndarray, tcfg: TrainConfig, feature_set: str, epoch: int):
+    """One epoch's training batches: shuffled by our (seed, epoch) generator (rng "own"), or in the order the
+    original's train ``DataLoader`` draws from the global generator (rng "original", :func:`replay.train_order`);
+    ``tcfg.rng`` is resolved (:func:`train_epoch`)."""
+    if tcfg.rng == RNG_ORIGINAL:
+        order = train[replay.train_order(len(train)).numpy()]
+        return iterate_batches(data, order, tcfg.batch_size, feature_set=feature_set, max_batches=tcfg.max_train_batches)
+    return iterate_batches(data, train, tcfg.batch_size, feature_set=feature_set, shuffle=True, seed=tcfg.seed,
+                           epoch=epoch, max_batches=tcfg.max_train_batches)
+
+
+def existing_run_files(out: str | os.PathLike) -> list[str]:
+    """The names in ``out`` that belong to a run (fold files, ``results.json``, ``seeds.json``, ``fold{k}/``,
+    ``seed{s}/``), sorted; [] when ``out`` does not exist. ``ValueError`` when ``out`` is not a directory."""
+    out = Path(out)
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise ValueError(f"{out} is a file, not a run directory: choose another --out")
+    names = set(FOLD_FILES) | {RESULTS, SEEDS}
+    return sorted(
+        p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+        if p.name in names or (p.is_dir() and _RUN_DIR.fullmatch(p.name))
+    )
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    # a clear error here, not torch's parse error ("gpu0") or a failure at the first .to() ("cuda" without CUDA)
+    forms = "auto, cpu, cuda, cuda:N (N a GPU index) or mps"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {str(device)!r}: expected {forms}") from None
+    usable = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if dev.type not in usable:
+        raise ValueError(f"device {str(device)!r}: expected {forms}")
+    if not usable[dev.type]:
+        raise ValueError(f"device {str(device)!r}: no {dev.type} device is available to this torch "
+                         f"({torch.__version__}); use cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: there are {torch.cuda.device_count()} CUDA devices "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return dev
 
 
 def fold_indices(data: PercePianoData, split: str, fold: int, tcfg: TrainConfig) -> dict[str, np.ndarray]:
+    """The dataset rows of each part of a fold: ascending, or, when replaying the original (rng "original"), in
+    the order it lists their files (:func:`percepiano.replay.original_file_order`); then ``limit_segments``.
+    ``tcfg.rng`` must be resolved (:func:`effective_rng`)."""
+    if tcfg.rng == RNG_AUTO:
+        raise ValueError("fold_indices: TrainConfig.rng 'auto' depends on the device; resolve it with effective_rng")
     out = {p: data.split_indices(split, fold, p) for p in PARTS}
+    if tcfg.rng == RNG_ORIGINAL:
+        out = {p: replay.original_file_order(data.segment_ids, v) for p, v in out.items()}
     if tcfg.limit_segments is not None:
         out = {p: v[: tcfg.limit_segments] for p, v in out.items()}
     return out
@@ -252,36 +397,69 @@ def train_fold(
     log: Callable[[str], None] | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     run_info: dict | None = None,
+    allow_code_change: bool = False,
+    keep: str = KEEP_ALL,
+    step_log: bool = False,
 ) -> dict:
     """Train one fold with the original protocol and evaluate its best checkpoint on the test split.
 
     Writes the fold files (module docstring) into ``out_dir`` and returns the fold result dict.
     ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint is on disk (tests use it to
-    simulate an interruption). Refuses to overwrite an existing run unless ``resume``.
+    simulate an interruption). ``run_info["preset"]`` names the preset in the fold's identity. Refuses a
+    directory that holds any run unless ``resume``; with ``resume``, continues the ``last.pt`` there if its
+    identity is this run's (module docstring), and refuses otherwise. ``keep="best"`` deletes ``last.pt``
+    once the fold is finished. ``step_log=True`` also writes ``steps.jsonl`` (module docstring).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda s: None)
+    if keep not in KEEP_CHOICES:
+        raise ValueError(f"keep: expected one of {list(KEEP_CHOICES)}, got {keep!r}")
     device = resolve_device(device)
     if feature_size(feature_set) != model_cfg.input_size:
         raise ValueError(
             f"feature set {feature_set!r} has {feature_size(feature_set)} dims, model input_size is {model_cfg.input_size}"
         )
-    run = {"split": split, "fold": int(fold), "feature_set": feature_set, **(run_info or {})}
+    rng = effective_rng(tcfg, model_cfg, device)
+    run = {"split": split, "fold": int(fold), "feature_set": feature_set, **(run_info or {}), "rng": rng}
+    identity = fold_identity(
+        run_identity(run.get("preset"), split, feature_set, data, model_cfg.to_dict(), tcfg.to_dict()), fold
+    )
+    tcfg_run = tcfg.replace(rng=rng)  # what the steps below use; the identity keeps the requested value
     last_path, best_path, log_path = out / LAST, out / BEST, out / LOG
-    if last_path.exists() and not resume:
-        raise ValueError(f"{out} already holds a run ({LAST}); pass --resume to continue it or choose another --out")
+    found = existing_run_files(out)
+    if resume and not last_path.is_file():
+        gone = " (a finished fold whose last.pt was removed by --keep best cannot be trained further)" if (
+            out / FOLD_RESULT).is_file() else ""
+        raise ValueError(f"nothing to resume in {out}: no {LAST}{gone}")
+    if found and not resume:
+        raise ValueError(
+            f"{out} already holds a run ({', '.join(found)}); pass --resume to continue it (only the same run "
+            f"is continued) or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
 
     configure_determinism(tcfg.deterministic)
-    model = build_model(model_cfg, tcfg.seed, device)
-    optimizer = build_optimizer(model, tcfg)
-    scheduler = build_scheduler(optimizer, tcfg)
+    model, optimizer, scheduler = build_training(model_cfg, tcfg_run, device)
     history: list[dict] = []
+    steps_path = out / STEPS
     start_epoch, best_epoch, best_loss = 0, None, float("inf")
+    code_changes: list[dict] = []  # resumes under another code version (allow_code_change), in order
 
-    if resume and last_path.exists():
+    if resume:
         ck = load_checkpoint(last_path)
-        _check_resume_compatible(ck, model_cfg, tcfg, run, last_path)
+        if ck.get("kind") != "last":
+            raise ValueError(f"{last_path}: not a resumable checkpoint (kind {ck.get('kind')!r})")
+        change = check_identity(ck.get("identity"), identity, last_path, action="resume it", epochs_may_grow=True,
+                                allow_code_change=allow_code_change)
+        saved_rng = (ck.get("run") or {}).get("rng", RNG_OWN)  # runs from before the replay drew our own
+        if saved_rng != rng:
+            raise ValueError(f"{last_path}: cannot resume it: it was trained with rng {saved_rng!r} (random draws: "
+                             f"{'ours' if saved_rng == RNG_OWN else 'the original replayed'}), this run would use "
+                             f"{rng!r} (rng {tcfg.rng!r} on {device.type}); pass --rng {saved_rng}")
+        code_changes = list(ck.get("code_changes") or [])
+        if change is not None:
+            code_changes.append({"after_epoch": int(ck["epoch"]), **change})
+            log(f"resuming {out} under another code version (--allow-code-change): {change}")
         model.load_state_dict(ck["model_state"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -290,11 +468,13 @@ def train_fold(
         best_epoch, best_loss = ck["best"]["epoch"], float(ck["best"]["valid_loss"])
         history = list(ck["history"])
         atomic_write_text("".join(json.dumps(r) + "\n" for r in history), log_path)
+        if steps_path.is_file():  # drop the steps of an epoch that did not finish
+            kept = [ln for ln in steps_path.read_text().splitlines(keepends=True) if ln.strip()
+                    and json.loads(ln)["epoch"] <= start_epoch]
+            atomic_write_text("".join(kept), steps_path)
         log(f"resumed {out} after epoch {start_epoch} (best epoch {best_epoch}, valid loss {best_loss:.6g})")
-    elif log_path.exists():
-        log_path.unlink()
 
-    idx = fold_indices(data, split, fold, tcfg)
+    idx = fold_indices(data, split, fold, tcfg_run)
     check_data_for_model(model, data, np.concatenate([idx[p] for p in PARTS]), feature_set)
     model.validate_inputs = False  # checked once above: no host syncs for input checks in the steps
     n_train_batches = num_batches(len(idx["train"]), tcfg.batch_size)
@@ -303,19 +483,17 @@ def train_fold(
 
     for epoch in range(start_epoch, tcfg.epochs):
         t0 = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
         with tqdm(total=n_train_batches, desc=f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}", leave=False,
                   file=sys.stderr, dynamic_ncols=True, disable=not progress) as bar:  # the epoch's line is log()'s
-            for batch in iterate_batches(
-                data, idx["train"], tcfg.batch_size, feature_set=feature_set, shuffle=True, seed=tcfg.seed,
-                epoch=epoch, max_batches=tcfg.max_train_batches,
-            ):
-                batch, shapes = to_device(model, batch, device)
-                loss_sum += train_step(model, batch, optimizer, scheduler, tcfg, shapes)
-                bar.update()
+            loss_sum, steps = train_epoch(model, data, idx["train"], optimizer, scheduler, tcfg_run, epoch,
+                                          feature_set=feature_set, device=device, step_log=step_log,
+                                          on_step=lambda: bar.update())
         train_loss = float(loss_sum) / n_train_batches  # one sync per epoch
+        if rng == RNG_ORIGINAL:
+            replay.loader_seed_draw()  # the valid loader's iterator; the test one's is drawn below, logged or not
         valid = predict_split(model, data, idx["valid"], feature_set=feature_set, batch_size=tcfg.eval_batch_size, device=device)
+        if rng == RNG_ORIGINAL:
+            replay.loader_seed_draw()
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -339,6 +517,7 @@ def train_fold(
                 {
                     "format": CHECKPOINT_FORMAT, "kind": "best", "model_state": cpu_state(model),
                     "model_config": model_cfg.to_dict(), "train_config": tcfg.to_dict(), "run": run,
+                    "identity": identity, "code_changes": code_changes,
                     "epoch": best_epoch, "valid_loss": best_loss,
                 },
                 best_path,
@@ -349,6 +528,7 @@ def train_fold(
             {
                 "format": CHECKPOINT_FORMAT, "kind": "last", "model_state": cpu_state(model),
                 "model_config": model_cfg.to_dict(), "train_config": tcfg.to_dict(), "run": run,
+                "identity": identity, "code_changes": code_changes,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "epoch": epoch + 1, "best": {"epoch": best_epoch, "valid_loss": best_loss},
                 "rng": rng_state(), "history": history,
@@ -357,7 +537,14 @@ def train_fold(
         )
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        test_txt = f" test_r2 {record['test_r2']:.4f}" if record["test_r2"] is not None else ""
+        if step_log:
+            with open(steps_path, "a") as f:
+                f.writelines(json.dumps({**r, "loss": float(r["loss"]), "grad_norm": float(r["grad_norm"])}) + "\n"
+                             for r in steps)
+        # in-training test metrics (the original logs them at the loaders' batch size); the reported number is
+        # the final evaluation of the best checkpoint (fold_summary_line)
+        test_txt = (f" test_r2@batch{tcfg.eval_batch_size} {record['test_r2']:.4f} (in-training eval, logged only)"
+                    if record["test_r2"] is not None else "")
         log(
             f"fold {fold} epoch {epoch + 1}/{tcfg.epochs}: train_loss {train_loss:.5f} valid_loss {valid.loss:.6f} "
             f"valid_r2 {record['valid_r2']:.4f}{test_txt} lr {record['lr']:.3g} {record['seconds']:.1f}s"
@@ -369,6 +556,10 @@ def train_fold(
     if best_epoch is None:
         raise ValueError(f"{out}: no epoch was trained (epochs={tcfg.epochs})")
     best = load_checkpoint(best_path)
+    if best.get("identity") != identity or best.get("code_changes") != code_changes:
+        # selected by this run, extended to more epochs or continued under another code: say so in best.pt too
+        best["identity"], best["code_changes"] = identity, code_changes
+        atomic_save(best, best_path)
     model.load_state_dict(best["model_state"])
     result = evaluate_model(
         model, data, idx["test"], feature_set=feature_set, batch_size=tcfg.final_eval_batch_size, device=device
@@ -383,9 +574,25 @@ def train_fold(
         "epochs_trained": len(history),
         "train_seconds": float(sum(r["seconds"] for r in history)),
         "n_train": int(len(idx["train"])), "n_valid": int(len(idx["valid"])), "n_test": int(len(idx["test"])),
+        "rng": rng,  # the random draws used (TrainConfig.rng resolved for the device)
+        "identity": identity,
+        "code_changes": code_changes,
     }
     atomic_write_text(json.dumps(fold_result, indent=1) + "\n", out / FOLD_RESULT)
+    if keep == KEEP_BEST:
+        last_path.unlink()  # the finished fold is reused from fold_result.json and best.pt
     return fold_result
+
+
+def fold_summary_line(res: dict) -> str:
+    """The console line of a finished fold, saying which test R2 is the reported one and how it is computed."""
+    if res.get("best_epoch") is None:
+        return f"fold {res['fold']}: test R2 {res['test_r2']:.4f} (baseline fitted on the fold's train split; the reported number)"
+    batch = ((res.get("identity") or {}).get("train_config") or {}).get("final_eval_batch_size", "?")
+    return (
+        f"fold {res['fold']}: best epoch {res['best_epoch']} (lowest valid loss); test R2 of that checkpoint at "
+        f"batch {batch}, as the original eval script (the reported number): {res['test_r2']:.4f}"
+    )
 
 
 def fold_test_fields(m: dict) -> dict:
@@ -398,22 +605,6 @@ def fold_test_fields(m: dict) -> dict:
         "per_label_test_mse": m["per_label_mse"],
         **{f"test_{k}": m[k] for k in ("std_score_1", "std_score_05", "std_score_01") if k in m},
     }
-
-
-def _check_resume_compatible(ck: dict, model_cfg: ModelConfig, tcfg: TrainConfig, run: dict, path) -> None:
-    if ck.get("kind") != "last":
-        raise ValueError(f"{path}: not a resumable checkpoint (kind {ck.get('kind')!r})")
-    if ck["model_config"] != model_cfg.to_dict():
-        raise ValueError(f"{path}: model config differs from the requested one; cannot resume")
-    saved = dict(ck["train_config"])
-    want = tcfg.to_dict()
-    saved.pop("epochs"), want.pop("epochs")  # a run may be extended to more epochs
-    if saved != want:
-        diff = sorted(k for k in want if saved.get(k) != want[k])
-        raise ValueError(f"{path}: train config differs in {diff}; cannot resume")
-    for key in ("split", "fold", "feature_set"):
-        if ck["run"].get(key) != run.get(key):
-            raise ValueError(f"{path}: run {key} is {ck['run'].get(key)!r}, requested {run.get(key)!r}")
 
 
 def evaluate_model(

@@ -17,6 +17,11 @@ FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures"
 UPSTREAM_ENV = "PERCEPIANO_UPSTREAM"  # names the checkout of the original the fixtures are recorded from
 REGENERATE = f"{UPSTREAM_ENV}=/path/to/PercePiano python -m reference_parity.capture"  # recorded in MANIFEST.json
 MAX_BYTES = 10 * 1024 * 1024  # all fixtures together: small enough to live in the repository
+# The replay fixtures (whole training runs of the original, step by step: reference_parity/capture_training.py)
+# live in their own folder with their own MANIFEST.json, so that each capture rewrites only its own files.
+REPLAY_DIR = FIXTURE_DIR / "replay"
+REPLAY_REGENERATE = (f"{UPSTREAM_ENV}=/path/to/PercePiano PERCEPIANO_DATA=/path/to/percepiano_vnet_m2pf.npz "
+                     "python -m reference_parity.capture_training")
 
 
 def load(name: str, fixture_dir: Path | None = None) -> dict[str, np.ndarray]:

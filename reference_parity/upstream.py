@@ -1,7 +1,8 @@
 """Import the ORIGINAL PercePiano modules in isolation, from a checkout named by ``PERCEPIANO_UPSTREAM``.
 
-Live side: needs that checkout. Only :mod:`reference_parity.capture`, the live tests and the side-by-side
-benchmarks import it; the recorded side (``recorded``, ``tolerances``, ``compare``) never does.
+Live side: needs that checkout. Only :mod:`reference_parity.capture`, :mod:`reference_parity.capture_training`,
+the live tests and the side-by-side benchmarks import it; the recorded side (``recorded``, ``tolerances``,
+``compare``, ``replay_compare``) never does.
 
 The original code (GitHub JonghoKimSNU/PercePiano, commit e672299, model code in ``virtuoso/virtuoso/``) is a flat
 directory of top-level modules (``utils``, ``module``, ``parser``, ``dataset``, ``model_utils``, ``encoder_score``,

@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_sequence
 from percepiano import data as D
 from percepiano import synthetic
 from percepiano.cli import main
+from percepiano.constants import MAX_VOICE
 
 REAL = os.environ.get("PERCEPIANO_DATA")
 needs_real = pytest.mark.skipif(not REAL, reason="set PERCEPIANO_DATA to percepiano_vnet_m2pf.npz for real-data tests")
@@ -96,6 +97,24 @@ def _voice_negative(a):
     return 1
 
 
+def _voice_too_large(a):
+    s, _ = _seg_rows(a, 2)
+    a["note_voice"][s + 1] = 2**31 - 1  # passed validation, then the voice LSTM asked for 17 GB
+    return 2
+
+
+def _zero_features(a):
+    s, e = _seg_rows(a, 5)
+    a["input"][s:e] = 0  # a whole segment without features (it trained as if it had notes)
+    return 5
+
+
+def _one_zero_row(a):
+    s, _ = _seg_rows(a, 4)
+    a["input"][s + 3] = 0
+    return 4
+
+
 def _split_value(a):
     a["performer_split"][10, 2] = 3
     return 10
@@ -117,6 +136,9 @@ CORRUPTIONS = {
     "note_measure-jump": (_measure_jump, "contiguous"),
     "note_measure-zero": (_measure_all_zero, "all indices are 0"),
     "note_voice": (_voice_negative, "negative"),
+    "note_voice-too-large": (_voice_too_large, f"voice number 2147483647 at note 1 is above the maximum {MAX_VOICE}"),
+    "input-zero-segment": (_zero_features, "note 0 of the segment has all 101 features 0"),
+    "input-zero-row": (_one_zero_row, "note 3 of the segment has all 101 features 0"),
     "performer_split": (_split_value, "0 (train), 1 (valid) or 2 (test)"),
     "composition_split": (_test_differs, "test membership differs"),
 }
@@ -170,6 +192,59 @@ def test_object_arrays_are_refused_without_pickle(tmp_path, arrays):
         D.load_dataset(path)
 
 
+def _crc_damaged(path):
+    """The file with one byte of its ``input.npy`` member flipped (a bad copy): the zip CRC no longer matches."""
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("input.npy")
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2] ^= 0xFF
+    return bytes(data)
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "crc", "npy", "text"])
+def test_unreadable_files_are_value_errors_naming_the_file(tmp_path, arrays, case, capsys):
+    good = write(tmp_path, arrays, "good.npz")
+    bad = tmp_path / "bad.npz"
+    if case == "npy":
+        np.save(tmp_path / "bad.npy", arrays["input"])
+        bad = tmp_path / "bad.npy"
+    else:
+        contents = {"empty": b"", "truncated": good.read_bytes()[:5000], "crc": _crc_damaged(good),
+                    "text": b"segment_id,label\n"}[case]
+        bad.write_bytes(contents)
+    message = {"empty": "empty file", "truncated": "a truncated or damaged npz archive",
+               "crc": "a damaged npz archive .*Bad CRC-32 for file 'input.npy'",
+               "npy": r"a single array \(a plain .npy file\)",
+               "text": "not an npz archive"}[case]
+    with pytest.raises(ValueError, match=rf"{bad.name}: {message}.*expected the processed dataset") as exc:
+        D.load_dataset(bad)
+    assert "\n" not in str(exc.value)
+    assert main(["data-summary", "--data", str(bad)]) == 2  # the CLI: one error line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith(f"percepiano data-summary: error: {bad}") and "Traceback" not in err
+
+
+def test_an_all_zero_row_is_a_note_to_the_model_not_padding():
+    """Why validation refuses it: the original masks no input row (only pooled hidden states whose features sum
+    to 0), so a zero row inside a segment is embedded and run as a note: it changes the output."""
+    from percepiano import ModelConfig, PercePianoModel
+
+    sample = synthetic.dataset(n_segments=20, seed=2).sample(0)
+    x, loc = sample.x.clone(), {k: v.clone() for k, v in sample.note_locations.items()}
+    n = x.shape[0]
+    torch.manual_seed(0)
+    model = PercePianoModel(ModelConfig(hidden_size=8, dropout=0.0)).eval()
+    with torch.no_grad():
+        with_note = model(x[None], torch.tensor([n]), {k: v[None] for k, v in loc.items()})
+        x[n - 1] = 0  # the last note's features zeroed: still a note
+        zeroed = model(x[None], torch.tensor([n]), {k: v[None] for k, v in loc.items()})
+        cut = model(x[None, : n - 1], torch.tensor([n - 1]), {k: v[None, : n - 1] for k, v in loc.items()})
+    assert not torch.allclose(zeroed, cut, rtol=0, atol=1e-6)  # not the segment without that row
+    assert not torch.allclose(zeroed, with_note, rtol=0, atol=1e-6)
+
+
 def test_missing_data_path_names_the_env_var(monkeypatch):
     monkeypatch.delenv("PERCEPIANO_DATA", raising=False)
     with pytest.raises(ValueError, match="PERCEPIANO_DATA"):
@@ -186,7 +261,7 @@ def test_feature_sets(ds):
 
 
 def test_split_indices(ds):
-    for scheme in D.SPLIT_SCHEMES:
+    for scheme in ds.splits:  # the shipped splits (a synthetic dataset has no work split)
         tests = [ds.split_indices(scheme, f, "test") for f in range(4)]
         for f in range(4):
             parts = [ds.split_indices(scheme, f, p) for p in ("train", "valid", "test")]
@@ -285,3 +360,6 @@ def test_real_dataset_counts():
             assert tuple(len(d.split_indices(scheme, fold, p)) for p in ("train", "valid", "test")) == row
     assert d.label_names[0] == "Timing_Stable_Unstable" and len(d.label_names) == 19
     assert d.feature_names[92] == "mmidi_pitch" and d.feature_names[100] == "following_rest_unnorm"
+    # what validation refuses is absent: no all-zero feature row, voice numbers far below MAX_VOICE
+    assert int((~d.input.any(axis=1)).sum()) == 0 and int((d.input != 0).sum(axis=1).min()) == 27
+    assert int(d.note_locations["voice"].max()) == 7 < MAX_VOICE

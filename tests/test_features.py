@@ -405,3 +405,147 @@ def test_predict_rejects_a_bad_checkpoint(capsys, write, tmp_path):
         code, out, err = _run(capsys, ["predict", str(midi), "--score", str(score), "--checkpoint", str(ck)])
         assert code == 2 and ck.name in err and "error" in err, err
         assert "Traceback" not in err and out == ""
+
+
+# ------------------------------------------------------------------------------------------- performances that do not fit
+def _fit(n_score: int, n_perf: int, n_matched: int):
+    """What check_alignment reads of an extraction result."""
+    from types import SimpleNamespace
+    return SimpleNamespace(n_score_notes=n_score, n_perf_notes=n_perf, n_matched=n_matched,
+                           match_rate=n_matched / n_score)
+
+
+def test_check_alignment_warns_on_a_repeated_excerpt_and_on_unmatched_performed_notes():
+    from percepiano.features.rating import MAX_NOTES_PER_SCORE_NOTE, MAX_UNMATCHED_PERFORMED, check_alignment
+    # the case reported: the excerpt 20 times, 1080 performed notes for 54 score notes, 90.7 % matched
+    notes = check_alignment(_fit(54, 1080, 49))
+    assert any("1080 notes for 54 score notes" in n and "more than one performance" in n for n in notes), notes
+    assert any("matched no score note" in n for n in notes), notes  # 1031 of 1080 performed notes unmatched
+    # the dataset's extremes stay silent: 108 notes for 62 (1.742 per score note), 65 of 101 unmatched (0.644)
+    assert check_alignment(_fit(62, 108, 62)) == []
+    assert check_alignment(_fit(62, 101, 36 + 26)) == []
+    # a genuine-looking count with most of it unmatched warns on its own (1.9 per score note, 71 % unmatched)
+    notes = check_alignment(_fit(100, 190, 55))
+    assert len(notes) == 2 and "matched no score note" in notes[1] and "below 80%" in notes[0], notes
+    assert 190 / 100 < MAX_NOTES_PER_SCORE_NOTE and (190 - 55) / 190 > MAX_UNMATCHED_PERFORMED
+
+
+def _excerpt_and_performance(tmp_path, repeats: int) -> tuple:
+    """A 4-bar, 12-note MusicXML excerpt and a MIDI playing it ``repeats`` times, note for note."""
+    pretty_midi = pytest.importorskip("pretty_midi")
+    from percepiano.features.pipeline import load_score
+    steps = "CDEFGAB"
+    bars = ["".join(note(steps[(m + k) % 7], 4 + k % 2, dur=2) for k in range(3)) for m in range(4)]
+    score = tmp_path / "excerpt.musicxml"
+    score.write_text(xml(bars[0] + "</measure>" + "".join(f'<measure number="{i + 2}">{b}</measure>'
+                                                           for i, b in enumerate(bars[1:]))))
+    notes = load_score(score).score.notes
+    seconds = 0.25  # per division (divisions = 2 per quarter, 120 bpm)
+    length = max(n.pos + n.duration for n in notes) * seconds + 0.5
+    midi = pretty_midi.PrettyMIDI(initial_tempo=120)
+    piano = pretty_midi.Instrument(program=0)
+    for r in range(repeats):
+        for n in notes:
+            start = r * length + n.pos * seconds
+            piano.notes.append(pretty_midi.Note(velocity=64, pitch=n.pitch, start=start,
+                                                end=start + 0.9 * n.duration * seconds))
+    midi.instruments.append(piano)
+    path = tmp_path / f"played_{repeats}x.mid"
+    midi.write(str(path))
+    return score, path
+
+
+def test_predict_warns_when_the_midi_holds_the_excerpt_20_times(capsys, tmp_path):
+    import json
+    pytest.importorskip("parangonar", reason="predict needs the `features` extra (parangonar)")
+    score, once = _excerpt_and_performance(tmp_path, 1)
+    _, twenty = _excerpt_and_performance(tmp_path, 20)
+    code, out, err = _run(capsys, ["predict", str(once), "--score", str(score), "--features-only", "--format", "json"])
+    assert code == 0 and json.loads(out)["warnings"] == [] and "warning" not in err
+    code, out, err = _run(capsys, ["predict", str(twenty), "--score", str(score), "--features-only", "--format", "json"])
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["alignment"]["performance_notes"] == 240 and report["alignment"]["score_notes"] == 12
+    assert any("240 notes for 12 score notes" in w for w in report["warnings"]), report["warnings"]
+    assert "warning: the performance has 240 notes for 12 score notes" in err
+    # rated with a checkpoint, the warning travels with the ratings
+    code, out, err = _run(capsys, ["predict", str(twenty), "--score", str(score), "--checkpoint",
+                                   str(_tiny_checkpoint(tmp_path)), "--format", "json"])
+    assert code == 0, err
+    assert any("more than one performance" in w for w in json.loads(out)["warnings"])
+
+
+# ------------------------------------------------------------------------------------------- checkpoints and ratings
+def _tiny_checkpoint(tmp_path, name: str = "best.pt", poison: float | None = None, **train) -> Path:
+    """A random-weight 101-input model in the `percepiano train` checkpoint format (``poison``: every weight;
+    ``train``: TrainConfig fields, recorded as its train_config)."""
+    import torch
+    from percepiano import ModelConfig, PercePianoModel
+    from percepiano.checkpoints import CHECKPOINT_FORMAT
+    from percepiano.training import TrainConfig
+    cfg = ModelConfig(hidden_size=8, num_heads=2, level="note")
+    torch.manual_seed(0)
+    state = PercePianoModel(cfg).state_dict()
+    if poison is not None:
+        state = {k: torch.full_like(v, poison) for k, v in state.items()}
+    path = tmp_path / name
+    torch.save({"format": CHECKPOINT_FORMAT, "kind": "best", "model_state": state, "model_config": cfg.to_dict(),
+                "train_config": TrainConfig(**train).to_dict()}, path)
+    return path
+
+
+def test_predict_refuses_features_only_with_a_checkpoint(capsys, tmp_path):
+    score, midi = _excerpt_and_performance(tmp_path, 1)  # a valid pair: each flag alone would succeed
+    ck = _tiny_checkpoint(tmp_path)
+    code, out, err = _run(capsys, ["predict", str(midi), "--score", str(score), "--features-only", "--checkpoint", str(ck)])
+    assert code == 2 and out == ""
+    assert "--features-only" in err and "--checkpoint" in err and "ignored" in err and "Traceback" not in err
+
+
+def test_rate_refuses_nan_ratings():
+    import torch
+    from types import SimpleNamespace
+    from percepiano import ModelConfig, PercePianoModel
+    from percepiano.features.rating import RatingError, rate
+    from percepiano.synthetic import random_sample
+    sample = random_sample(np.random.default_rng(0))
+    n = sample.x.shape[0]
+    result = SimpleNamespace(model_inputs=(sample.x.unsqueeze(0), torch.tensor([n]),
+                                           {k: v.unsqueeze(0) for k, v in sample.note_locations.items()}))
+    torch.manual_seed(0)
+    model = PercePianoModel(ModelConfig(hidden_size=8, num_heads=2, level="note")).eval()
+    ratings = rate(model, result)
+    assert ratings.shape == (19,) and np.isfinite(ratings).all()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(RatingError, match="non-finite ratings for 19 of 19 labels"):
+        rate(model, result)
+    model = PercePianoModel(ModelConfig(hidden_size=8, num_heads=2, level="note")).eval()
+    result.model_inputs[0][0, 1, 5] = float("inf")
+    with pytest.raises(RatingError, match=r"features are not finite .*columns \[5\]"):
+        rate(model, result)
+
+
+def test_predict_refuses_a_checkpoint_with_nan_weights(capsys, tmp_path):
+    score, midi = _excerpt_and_performance(tmp_path, 1)
+    ck = _tiny_checkpoint(tmp_path, "diverged.pt", poison=float("nan"))
+    code, out, err = _run(capsys, ["predict", str(midi), "--score", str(score), "--checkpoint", str(ck)])
+    assert code == 2 and out == "", out  # not 19 NaN ratings with exit 0
+    assert "diverged.pt" in err and "non-finite weights" in err and "Traceback" not in err
+
+
+def test_predict_says_when_the_checkpoint_departs_from_the_protocol(capsys, tmp_path):
+    import json
+    pytest.importorskip("parangonar", reason="predict needs the `features` extra (parangonar)")
+    score, midi = _excerpt_and_performance(tmp_path, 1)
+    short = _tiny_checkpoint(tmp_path, "short.pt", epochs=1, limit_segments=4, lr=1e-3)
+    code, out, err = _run(capsys, ["predict", str(midi), "--score", str(score), "--checkpoint", str(short),
+                                   "--format", "json"])
+    assert code == 0, err
+    notes = json.loads(out)["checkpoint_protocol_notes"]
+    for what in ("trained on a subset: limit_segments=4", "trained for 1 epoch(s)", "lr = 0.001"):
+        assert any(what in n for n in notes), (what, notes)
+        assert f"warning: checkpoint {short}: " in err and what in err
+    code, out, err = _run(capsys, ["predict", str(midi), "--score", str(score), "--checkpoint", str(short)])
+    assert code == 0 and "departure(s) from the original training protocol" in out

@@ -191,10 +191,10 @@ def test_predict_refuses_another_piece(ref, checkpoint, capsys):
 @needs_data
 def test_e2e_check_runs(ref, checkpoint):
     pytest.importorskip("parangonar", reason="the e2e check needs the `features` extra (parangonar)")
-    from percepiano.features.rating import load_model
+    from percepiano.checkpoints import load_trained_model
     segs = ["Schubert_D960_mv2_8bars_1_01", "Beethoven_WoO80_var25_8bars_1_14", "Schubert_D935_no.3_4bars_1_5",
             "Beethoven_WoO80_thema_8bars_1_1"]
-    r = agreement.e2e_parity(ref, RAW, load_model(checkpoint), limit=segs)
+    r = agreement.e2e_parity(ref, RAW, load_trained_model(checkpoint)[0], limit=segs)
     assert not r["errors"] and r["well"]["segments"] == 3 and r["poor"]["segments"] == 1
     # var25 and D935 _1_5 re-extract identically, so their predictions agree; all are finite
     assert np.isfinite(r["well"]["mean_abs_delta_sd"]) and r["well"]["mean_abs_delta_sd"] < 0.5
@@ -216,3 +216,40 @@ def test_reextract_with_original_pairs_reproduces_the_npz(ref, tmp_path):
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
         assert agreement.identical(b["input"].astype(np.float64), a["input"].astype(np.float64)).all()
     assert len(load_dataset(out)) == 1192
+
+
+# ------------------------------------------------------------------------------------------- CLI, no dataset needed
+@pytest.fixture
+def tiny_reference(tmp_path):
+    """A processed npz of synthetic segments (no segments.csv: none counts as well matched) and an empty raw/."""
+    from percepiano.synthetic import dataset_arrays
+    arrays = dataset_arrays(n_segments=16)
+    arrays["note_kind"] = np.zeros(len(arrays["input"]), dtype=np.int8)
+    npz = tmp_path / "reference.npz"
+    np.savez(npz, **arrays)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    return npz, raw, [str(s) for s in arrays["segment_ids"]]
+
+
+def test_unknown_segment_ids_are_an_error_not_a_pass(tiny_reference, capsys):
+    from percepiano.cli import main
+    npz, raw, ids = tiny_reference
+    code = main(["features-parity", "--data", str(npz), "--raw", str(raw), "--check", "score",
+                 "--segments", f"{ids[0]},no_such_segment,typo_1"])
+    captured = capsys.readouterr()
+    assert code == 2 and "PASS" not in captured.out
+    assert "features-parity: error: --segments: 2 of 3 ids are not segments of" in captured.err
+    assert "no_such_segment, typo_1" in captured.err and ids[0] + "," not in captured.err
+    assert main(["features-parity", "--data", str(npz), "--raw", str(raw), "--segments", " , "]) == 2
+    assert "--segments is empty" in capsys.readouterr().err
+
+
+def test_nothing_checked_is_never_a_pass(tiny_reference, capsys):
+    from percepiano.cli import main
+    npz, raw, ids = tiny_reference
+    # a known segment that is not well matched: the aligner check has nothing to compare
+    code = main(["features-parity", "--data", str(npz), "--raw", str(raw), "--check", "aligner", "--segments", ids[0]])
+    out = capsys.readouterr().out
+    assert code == 1 and "aligner on 0 well-matched segments" in out
+    assert "FAIL: at least one well-matched segment checked" in out and "aligner -> FAIL" in out

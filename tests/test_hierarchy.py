@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from percepiano import hierarchy as hier
+from percepiano.constants import MAX_VOICE
 
 # float64 sums of at most a few dozen terms: a handful of ulps.
 TIGHT = {"rtol": 1e-12, "atol": 1e-12}
@@ -95,6 +96,19 @@ def test_check_indices_accepts_what_each_rule_handles():
     hier.check_indices("beat", torch.tensor([[0, 0, 0, 0]]), valid, "diff_gt_0", allow_jumps=False)  # one beat
     hier.check_indices("beat", torch.tensor([[0, 1, 3, 3]]), valid, "diff_gt_0", allow_jumps=False)  # jump is a boundary
     hier.check_indices("beat", torch.tensor([[0, 1, 3, 3]]), valid, "diff_eq_1", allow_jumps=True)
+
+
+def test_voice_numbers_above_the_maximum_are_refused_before_anything_is_sized_by_them():
+    valid = hier.valid_mask(torch.tensor([4, 3]), 4)
+    ok = torch.tensor([[1, 2, 0, MAX_VOICE], [3, 1, 1, 0]])
+    hier.check_voices(ok, valid)
+    assert hier.voice_shapes(ok, valid) == (MAX_VOICE, 5, 2)  # sequences: row 0 voices 1, 2, 64; row 1 voices 1, 3
+    huge = ok.clone()
+    huge[1, 2] = 2**31 - 1  # the (B, N, voices) masks of voice_shapes would take 17 GB
+    with pytest.raises(ValueError, match=rf"row 1 position 2: voice numbers must be 0 to {MAX_VOICE}.*got 2147483647"):
+        hier.check_voices(huge, valid)
+    with pytest.raises(ValueError, match=rf"voice number 2147483647 is above the maximum {MAX_VOICE}"):
+        hier.voice_shapes(huge, valid)  # also without input validation (a training loop switches it off)
 
 
 # ---------------------------------------------------------------- a loop reference (what the original does, sample by sample)

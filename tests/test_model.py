@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from percepiano import PRESETS, ModelConfig, PercePianoModel
+from percepiano.constants import MAX_VOICE
 from percepiano.convert import RENAME_POOLING, rename_table
 from percepiano.lstm import run_lstm
 
@@ -229,6 +230,29 @@ def test_bad_note_locations_raise_naming_row_and_reason(mutate, message, batch):
     mutate(x, lengths, loc)
     with pytest.raises(ValueError, match=message):
         PercePianoModel(tiny("measure"))(x, lengths, loc)
+
+
+@pytest.mark.parametrize("where, value", [("real note", float("nan")), ("real note", float("inf")),
+                                          ("padding", float("nan"))])
+def test_non_finite_inputs_are_refused_naming_the_first_bad_row(batch, where, value):
+    """NaN anywhere in x (padding too: the embedder's 0 * NaN is NaN) gave NaN logits without a word."""
+    x, lengths, loc = batch
+    x = x.clone()
+    col = 3 if where == "real note" else 7  # row 2 has 5 notes: position 7 is padding within the longest row
+    x[2, col, 1] = value
+    with pytest.raises(ValueError, match=rf"x: row 2 position {col} holds a non-finite value"):
+        PercePianoModel(tiny("measure"))(x, lengths, loc)
+    model = PercePianoModel(tiny("measure"))
+    model.validate_inputs = False  # a training loop on validated data skips the check (and the host sync)
+    assert not torch.isfinite(model(x, lengths, loc)).all()
+
+
+def test_voice_numbers_above_the_maximum_are_refused(batch):
+    x, lengths, loc = batch
+    loc = {k: v.clone() for k, v in loc.items()}
+    loc["voice"][0, 2] = 2**31 - 1
+    with pytest.raises(ValueError, match=rf"voice.*row 0 position 2: voice numbers must be 0 to {MAX_VOICE}"):
+        PercePianoModel(tiny("voice"))(x, lengths, loc)
 
 
 def test_one_note_segment_is_an_error_only_where_the_original_spans_nodes_to_notes(batch):

@@ -13,6 +13,7 @@ from percepiano import training as T
 from percepiano.config import PRESET_FEATURES, get_preset
 from percepiano.cv import run_cv
 from percepiano.data import load_dataset
+from percepiano.provenance import file_sha256
 
 REAL = os.environ.get("PERCEPIANO_DATA")
 pytestmark = [
@@ -50,6 +51,13 @@ def test_two_epochs_on_a_slice(preset, data, tmp_path):
     assert np.isfinite([fold["test_r2"], fold["test_mse"], fold["valid_loss"], *fold["per_label_test_r2"]]).all()
     assert fold["n_train"] == fold["n_valid"] == fold["n_test"] == 24
     assert on_disk["baselines"]["ridge"]["mean_test_r2"] > on_disk["baselines"]["mean"]["mean_test_r2"]
+    # the run's identity names the real file by its sha256, in results.json and in both checkpoints
+    sha = file_sha256(REAL)
+    assert on_disk["identity"]["data"]["sha256"] == on_disk["data"]["sha256"] == sha
+    for name in ("best.pt", "last.pt"):
+        ck = torch.load(out / f"fold{FOLD}" / name, weights_only=True)
+        assert ck["identity"] == fold["identity"] == {**on_disk["identity"], "fold": FOLD}, name
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("fold,best_epoch,test_r2,test_mse,valid_loss,")
 
     # decreasing training loss, finite everywhere
     log = [json.loads(line) for line in (out / f"fold{FOLD}" / "log.jsonl").read_text().splitlines()]

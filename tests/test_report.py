@@ -1,6 +1,7 @@
 """`percepiano report`: Markdown + HTML + PNGs from real `percepiano cv` run directories."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -15,6 +16,7 @@ from percepiano.cli import main
 TINY = Path(__file__).parent / "data" / "tiny_runs"  # committed: a real tiny `percepiano cv` run (see tests/data/README.md)
 SYNTHETIC = Path(__file__).parent / "data" / "synthetic_m2pf.npz"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EXACT = 1e-12
 MIN_PLOT_PIXELS = 300  # every plot is at least this wide and tall (readable, not a thumbnail)
 
 
@@ -33,6 +35,7 @@ def test_report_from_the_committed_tiny_run(tmp_path):
     names = {p.name for p in r.images}
     # curves for both neural runs, one per-label chart, scatter for the runs and the baselines found beside them
     assert names == {
+        "rounds_curves.png",
         "curves_han_composition_han.png", "curves_bilstm_sa_composition_bilstm_sa.png", "per_label_r2.png",
         "scatter_han_composition_han.png", "scatter_bilstm_sa_composition_bilstm_sa.png",
         "scatter_mean_composition_mean.png", "scatter_ridge_composition_ridge.png",
@@ -40,9 +43,20 @@ def test_report_from_the_committed_tiny_run(tmp_path):
     for p in r.images:
         assert_png(p)
         assert f"![" in md and f"({p.name})" in md and f"src='{p.name}'" in html
-    for section in ("## Summary", "## Training curves", "## Per-label test R²", "## Predicted vs true",
-                    "## Hierarchy gain", "## Attention of one segment", "## Deviations from the original"):
-        assert section in md
+    sections = ("## Verdict", "## Round comparison: ΔR² with intervals", "## Summary",
+                "## Training curves of the rounds, overlaid", "## Training curves", "## Per-label test R²",
+                "## Predicted vs true", "## Hierarchy gain", "## Attention of one segment", "## Deviations from the original")
+    assert [md.index(x) for x in sections] == sorted(md.index(x) for x in sections)  # the verdict at the top
+    # the rounds in the order given: bilstm_sa is gated against han (the same 32 test segments)
+    assert "| bilstm_sa | han | **worse** (exit 1) | WORSE (exit 1): bilstm_sa vs han, mean_test_r2 ΔR² -0.1048" in md
+    assert "| bilstm_sa | han | mean over labels | -0.501 | -0.606 | -0.1048 |" in md
+    assert "| bilstm_sa | han | Pedal_Clean_Blurred |" in md and "| bilstm_sa | han | 3 | -0.1133 |" in md
+    assert "Config differences (old → new): `preset: 'han' -> 'bilstm_sa'`; `model_config.level: 'measure' -> 'note'`." in md
+    # every table names its run
+    for block in md.split("\n\n"):
+        if block.startswith("| "):
+            header = block.split("\n")[0]
+            assert header.startswith(("| run ", "| split | han run", "| label | han/composition")), header
     # no checkpoint is committed: the attention section says why it is skipped
     assert "attention heatmaps skipped: no checkpoint" in md
     assert all("no checkpoint" in why for k, why in r.skipped.items() if k.startswith("attention"))
@@ -51,11 +65,10 @@ def test_report_from_the_committed_tiny_run(tmp_path):
     assert "| han/composition (han) | training protocol | epochs | 3 (original 100) |" in md
     assert "| han/composition (han) | model (size/structure) | note_size | 8 (original 256) |" in md
     # the hierarchy gain is han - bilstm_sa of the same split (values from the two results.json)
-    import json
-
     han = json.loads((TINY / "han" / "results.json").read_text())["mean_test_r2"]
     sa = json.loads((TINY / "bilstm_sa" / "results.json").read_text())["mean_test_r2"]
-    assert f"| composition | {han:.3f} | {sa:.3f} | {han - sa:+.3f} | +0.093 |" in md
+    assert (f"| composition | han/composition (han) | bilstm_sa/composition (bilstm_sa) | {han:.3f} | {sa:.3f} | "
+            f"{han - sa:+.3f} | +0.093 |") in md
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert "<td><b>does not beat ridge</b></td>" in html and "**" not in html
 
@@ -161,3 +174,53 @@ def test_document_renders_markdown_and_html():
     assert "<h2>A &amp; B</h2>" in html and "<p><code>code</code>, <b>bold</b> and <i>emphasis</i> &lt;raw&gt;</p>" in html
     assert "<th>a|b</th>" in html and "<td>1</td>" in html and "<img src='plot.png' alt='a plot'>" in html
     assert slug("han/composition (run 1)") == "han_composition_run_1"
+
+
+def test_report_compares_seeds_rounds(tmp_path):
+    """Two rounds of two seeds each (`cv --seeds` layout) and a ridge run beside them: verdict, ΔR² tables,
+    overlaid curves of every seed and fold, per-seed runs named after their round."""
+    from test_gate import write_seeds_round
+    from test_paired import synthetic_folds
+
+    from percepiano import paired as P
+
+    base = synthetic_folds(n_excerpts=30, players=3, labels=6, folds=2, seed=4)  # 6 labels: two rows of scatter panels
+    rng = np.random.default_rng(0)
+    old = write_seeds_round(tmp_path, "round15", [P.noise_added(base, 0.05, rng, per="model") for _ in range(2)], [7, 8])
+    new = write_seeds_round(tmp_path, "round16", [P.noise_added(base, 0.5, rng) for _ in range(2)], [7, 8],
+                            train={"lr": 1e-3})
+    for rnd in (old, new):  # per-epoch logs, as training writes them
+        for seed in ("seed7", "seed8"):
+            for k in range(2):
+                rows = [{"epoch": e, "train_loss": 0.02 / e, "valid_loss": 0.003 / e, "test_r2": 0.1 * e} for e in (1, 2, 3)]
+                (rnd / seed / f"fold{k}" / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = rep.build_report([old, new], tmp_path / "out", find_baselines=False, resamples=300)
+    md = r.markdown.read_text()
+    assert "| round16 | round15 | **worse** (exit 1) |" in md
+    assert "`round16` against `round15`: 90 test segments in 30 excerpt clusters, 300 bootstrap resamples, seeds 2 and 2" in md
+    assert "`train_config.lr: 2.5e-05 -> 0.001`" in md
+    assert "| han/performer (round15/seed7) | han | performer |" in md  # each seed is a row of the summary
+    assert (tmp_path / "out" / "rounds_curves.png") in r.images
+    assert (tmp_path / "out" / "curves_han_performer_round16_seed8.png") in r.images
+    for p in r.images:
+        assert_png(p)
+    fig = rep.rounds_curves_figure([("round15", rep.load_runs([old])[1][0]), ("round16", rep.load_runs([new])[1][0])])
+    axes = fig.axes
+    assert [a.get_ylabel() for a in axes] == ["train loss", "valid loss", "test R²"]
+    titles = [a.get_title().replace("\n", " ") for a in axes]
+    assert titles[0] == rep.TRAIN_LOSS_MEANING and titles[1] == rep.VALID_LOSS_MEANING
+    # 2 rounds x (4 thin fold/seed lines + 1 mean) per panel
+    assert len(axes[0].lines) == 10
+
+
+def test_power_curve_figure(tmp_path):
+    curves = {"noise added": [{"true_drop": d, "worse": min(1.0, d * 20), "not worse": max(0.0, 1 - d * 40),
+                               "detectable": 0.03 + d / 10} for d in (0.0, 0.02, 0.04, 0.06)]}
+    # true drop 0.02 is 0.012 short of its detectable 0.032, 0.04 is 0.006 past its 0.034: crossing at 0.02 + 0.02 * 2/3
+    assert rep.detectable_threshold(curves["noise added"]) == pytest.approx(0.02 + 0.02 * 0.012 / 0.018, abs=EXACT)
+    assert rep.detectable_threshold(curves["noise added"][:2]) is None
+    fig = rep.power_curve_figure(curves, 0.02, "test")
+    path = tmp_path / "power.png"
+    fig.savefig(path, dpi=100)
+    assert_png(path)
+    assert any("stated detectable drop 0.033" in t.get_text() for t in fig.axes[0].get_legend().get_texts())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,90 @@ def test_results_helpers(tmp_path):
         R.load_results(tmp_path / "other.json")
 
 
+def _file(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_results_that_are_not_json_objects_are_named_errors(tmp_path):
+    for name, text, message in (("cut.json", '{"mean_test_r2": 0.3, "fo', "not a valid `percepiano cv` results file"),
+                                ("null.json", "null", "expected a JSON object .*got null"),
+                                ("list.json", "[1, 2]", r"expected a JSON object .*got \[1, 2\]")):
+        with pytest.raises(ValueError, match=rf"{name}: {message}"):
+            R.load_results(_file(tmp_path, name, text))
+
+
+@pytest.mark.parametrize("field, edit, message", [
+    ("mean_test_r2", lambda r: r.update(mean_test_r2=0.99), r"0.99 is not the mean of the folds' test_r2"),
+    ("mean_test_r2", lambda r: r.update(mean_test_r2=float("inf")), "not a finite number"),
+    ("mean_test_r2", lambda r: r.update(mean_test_r2=float("nan")), "not a finite number"),
+    ("mean_test_r2", lambda r: r.update(mean_test_r2="0.2"), "expected a number"),
+    ("folds[1].test_r2", lambda r: r["folds"][1].update(test_r2=float("-inf")), "not a finite number"),
+    ("folds[0].per_label_test_r2[1]", lambda r: r["folds"][0]["per_label_test_r2"].__setitem__(1, float("nan")),
+     "not a finite number"),
+    ("folds[0].per_label_test_r2", lambda r: r["folds"][0].update(per_label_test_r2=[0.1]), "1 values for 2 label_names"),
+    ("folds[1].test_r2", lambda r: r["folds"][1].pop("test_r2"), "expected a number, got None"),
+    ("folds", lambda r: r.update(folds=[]), "expected a non-empty list"),
+    ("fold_std", lambda r: r.update(fold_std=float("nan")), "not a finite number"),
+])
+def test_results_whose_numbers_cannot_be_trusted_are_refused_naming_the_field(tmp_path, field, edit, message):
+    """The gate took mean_test_r2 as written: 0.99 with folds at -7.85 passed, Infinity passed, NaN failed oddly."""
+    res = _results("han", "performer", [-7.85, 0.3])
+    edit(res)
+    path = _file(tmp_path, "results.json", json.dumps(res))  # json writes NaN and Infinity as Python reads them
+    with pytest.raises(ValueError, match=rf"results\.json: field '{re.escape(field)}': {message}"):
+        R.load_results(path)
+    with pytest.raises(ValueError, match=re.escape(field)):
+        R.load_results(res)  # a dict is checked as well
+
+
+def test_a_mean_within_float_rounding_of_the_folds_is_accepted(tmp_path):
+    res = _results("han", "performer", [0.1, 0.2, 0.3])
+    res["mean_test_r2"] = sum(f["test_r2"] for f in res["folds"]) / 3 + R.MEAN_TOLERANCE / 2
+    assert R.metric_value(R.load_results(_file(tmp_path, "results.json", json.dumps(res)))) == pytest.approx(0.2)
+
+
+def test_load_log_names_the_file_and_line(tmp_path):
+    good = _file(tmp_path, "log.jsonl", '{"epoch": 1, "test_r2": null}\n\n{"epoch": 2, "test_r2": 0.1}\n')
+    assert R.load_log(good) == [{"epoch": 1, "test_r2": None}, {"epoch": 2, "test_r2": 0.1}]
+    with pytest.raises(ValueError, match=r"bad\.jsonl: line 2 is not valid JSON"):
+        R.load_log(_file(tmp_path, "bad.jsonl", '{"epoch": 1}\n{"epoch": 2\n'))
+    with pytest.raises(ValueError, match=r"null\.jsonl: line 1: expected a JSON object .*got null"):
+        R.load_log(_file(tmp_path, "null.jsonl", "null\n"))
+
+
+def test_load_predictions_names_an_unreadable_file(tmp_path):
+    with pytest.raises(ValueError, match=r"test_predictions\.npz: not an npz archive.*a fold's test_predictions"):
+        R.load_predictions(_file(tmp_path, "test_predictions.npz", "xx"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "not a valid targets file"),
+    ("null", "expected a JSON object .*got null"),
+    ('{"targets": null}', "field 'targets': expected an object of splits"),
+    ('{"targets": {"composition": {"han": "0.4"}}}', "field 'targets.composition.han': expected a finite number"),
+    ('{"composition": {"han": [0.4]}}', "field 'composition.han': expected a finite number or null"),
+    ('{"composition": {"han": {"r2": NaN}}}', "field 'composition.han.r2': expected a finite number or null, got NaN"),
+    ('{"tolerance": Infinity, "composition": {"han": 0.4}}', "field 'tolerance'"),
+    ('{"composition": {"han": {"r2": 0.4, "per_label": {"a": null, "b": "x"}}}}',
+     "field 'composition.han.per_label.b': expected a finite number or null, got \"x\""),
+])
+def test_targets_files_that_cannot_be_used_are_named_errors(tmp_path, text, message):
+    with pytest.raises(ValueError, match=rf"targets\.json: {message}"):
+        R.load_targets(_file(tmp_path, "targets.json", text))
+
+
 def test_sibling_results_finds_other_runs_of_the_split(tmp_path):
     for name, preset, split in (("han", "han", "composition"), ("ridge", "ridge", "composition"),
                                 ("ridge_perf", "ridge", "performer"), ("mean", "mean", "composition")):
         (tmp_path / name).mkdir()
         R.write_results(_results(preset, split, [0.3]), tmp_path / name)
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "results.json").write_text("{")
+    # broken neighbours are skipped, not a failure of the run that looks for its baselines
+    for name, text in (("broken", "{"), ("null", "null"),
+                       ("lying", json.dumps({**_results("ridge", "composition", [0.3]), "mean_test_r2": 0.9}))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(text)
     found = R.sibling_results([tmp_path / "han"], ("mean", "ridge"), {"composition"})
     assert [Path(r["_path"]).parent.name for r in found] == ["mean", "ridge"]
     assert R.sibling_results([tmp_path / "ridge"], ("ridge",), {"composition"}) == []  # never the run itself

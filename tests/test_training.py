@@ -237,14 +237,113 @@ def test_resume_is_bitwise_identical(ds, tmp_path):
 
 
 def test_resume_refuses_a_different_config(ds, tmp_path):
+    """Every field of the identity that differs is named with both values; only the epochs may grow."""
     _run(ds, tmp_path, tcfg=SMALL.replace(epochs=1))
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match=r"cannot resume it(.|\n)*train_config\.lr: saved 0\.001, requested 0\.0001"):
         _run(ds, tmp_path, tcfg=SMALL.replace(lr=1e-4), resume=True)
-    with pytest.raises(ValueError, match="model config"):
+    with pytest.raises(ValueError, match=r"train_config\.seed: saved 7, requested 8"):
+        _run(ds, tmp_path, tcfg=SMALL.replace(seed=8), resume=True)
+    with pytest.raises(ValueError, match=r"model_config\.hidden_size: saved 8, requested 16"):
         T.train_fold(get_preset("han", hidden_size=16), SMALL, ds, "composition", 1, tmp_path, resume=True, progress=False)
-    # extending the number of epochs is allowed
+    with pytest.raises(ValueError, match=r"fold: saved 1, requested 2"):
+        T.train_fold(tiny(), SMALL, ds, "composition", 2, tmp_path, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"preset: saved None, requested 'han'"):
+        _run(ds, tmp_path, resume=True, run_info={"preset": "han"})
+    # extending the number of epochs is allowed; shrinking them back is not
     res = _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True)
+    assert res["epochs_trained"] == 2 and res["identity"]["train_config"]["epochs"] == 2
+    with pytest.raises(ValueError, match=r"train_config\.epochs: saved 2, requested 1(.|\n)*may only raise --epochs"):
+        _run(ds, tmp_path, tcfg=SMALL.replace(epochs=1), resume=True)
+
+
+def test_a_directory_holding_a_run_is_never_overwritten(ds, tmp_path):
+    """Without --resume any run file refuses the directory (not only last.pt); with --resume a last.pt is needed."""
+    for name in ("results.json", "fold_result.json", "best.pt", "fold0"):
+        out = tmp_path / name.replace(".", "_")
+        out.mkdir()
+        (out / name).mkdir() if name == "fold0" else (out / name).write_text("{}")
+        with pytest.raises(ValueError, match=rf"already holds a run \({name}/?\); pass --resume"):
+            _run(ds, out)
+        assert sorted(p.name for p in out.iterdir()) == [name]  # untouched
+    with pytest.raises(ValueError, match=r"nothing to resume in .*empty: no last\.pt$"):
+        _run(ds, tmp_path / "empty", resume=True)
+    assert not (tmp_path / "empty").exists()  # not trained from scratch
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="a_file is a file, not a run directory"):
+        _run(ds, tmp_path / "a_file")
+
+
+def test_resume_refuses_another_dataset(data_file, tmp_path):
+    """The checkpoint records the dataset's sha256: a resume on other data is refused; the same bytes under
+    another file name are the same data."""
+    from percepiano.data import load_dataset
+    from percepiano.provenance import file_sha256
+
+    other = tmp_path / "other.npz"
+    np.savez(other, **synthetic_arrays(40, seed=1))
+    same = tmp_path / "renamed.npz"
+    same.write_bytes(data_file.read_bytes())
+    _run(load_dataset(data_file), tmp_path / "run", tcfg=SMALL.replace(epochs=1))
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["identity"]["data"] == {"file": "synthetic.npz", "sha256": file_sha256(data_file)}
+    want = rf"data\.sha256: saved '{file_sha256(data_file)}', requested '{file_sha256(other)}'"
+    with pytest.raises(ValueError, match=want):
+        _run(load_dataset(other), tmp_path / "run", tcfg=SMALL.replace(epochs=2), resume=True)
+    res = _run(load_dataset(same), tmp_path / "run", tcfg=SMALL.replace(epochs=2), resume=True)
     assert res["epochs_trained"] == 2
+
+
+def test_resume_refuses_a_checkpoint_without_identity(ds, tmp_path):
+    """A last.pt written before checkpoints carried their identity cannot be checked, so it is refused."""
+    from percepiano.checkpoints import atomic_save
+
+    _run(ds, tmp_path, tcfg=SMALL.replace(epochs=1))
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    del ck["identity"], ck["code_changes"]
+    atomic_save(ck, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"last\.pt: written without a run identity \(by an older percepiano"):
+        _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True)
+
+
+def test_resume_under_another_code_version_needs_allow_code_change(ds, tmp_path, monkeypatch):
+    from percepiano import provenance
+
+    _run(ds, tmp_path, tcfg=SMALL.replace(epochs=1))
+    old = provenance.code_version()
+    new = {"version": old["version"], "commit": "0" * 40}
+    monkeypatch.setattr(provenance, "code_version", lambda: dict(new))
+    with pytest.raises(ValueError, match=r"code\.commit: saved .*, requested '0{40}'(.|\n)*--allow-code-change"):
+        _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True)
+    res = _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True, allow_code_change=True)
+    change = [{"after_epoch": 1, "saved": old, "requested": new}]
+    assert res["code_changes"] == change and res["identity"]["code"] == new
+    for name in ("last.pt", "best.pt"):  # best.pt says it too, whichever epoch it holds
+        ck = torch.load(tmp_path / name, weights_only=True)
+        assert ck["code_changes"] == change and ck["identity"] == res["identity"], name
+    assert json.loads((tmp_path / "fold_result.json").read_text())["code_changes"] == change
+
+
+def test_keep_best_deletes_only_last_pt(ds, tmp_path):
+    res = _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), keep="best")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "fold_result.json", "log.jsonl", "test_predictions.npz"]
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["identity"] == res["identity"] and best["epoch"] == res["best_epoch"]
+    with pytest.raises(ValueError, match=r"no last\.pt \(a finished fold whose last\.pt was removed by --keep best"):
+        _run(ds, tmp_path, tcfg=SMALL.replace(epochs=3), resume=True)
+    with pytest.raises(ValueError, match="keep: expected one of"):
+        _run(ds, tmp_path / "x", keep="none")
+
+
+def test_console_lines_say_which_test_r2_is_reported(ds, tmp_path):
+    """Per epoch the test R2 of the in-training pass (batch 8, logged only); at the end the best checkpoint's
+    test R2 at batch 1, the reported number (docs/original.md#reported-number)."""
+    lines = []
+    res = _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), log=lines.append)
+    assert [bool(re.search(r"test_r2@batch8 -?\d\.\d{4} \(in-training eval, logged only\)", ln)) for ln in lines] == [True, True]
+    assert T.fold_summary_line(res) == (
+        f"fold 1: best epoch {res['best_epoch']} (lowest valid loss); test R2 of that checkpoint at batch 1, "
+        f"as the original eval script (the reported number): {res['test_r2']:.4f}"
+    )
 
 
 def test_feature_set_must_match_the_model(ds, tmp_path):

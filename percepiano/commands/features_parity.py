@@ -50,26 +50,26 @@ def _features_parity(args: argparse.Namespace) -> int:
     data = existing_path(args.data, "PERCEPIANO_DATA", "--data")
     raw = existing_path(args.raw, "PERCEPIANO_RAW", "--raw")
     ref = agreement.load_reference(data)
-    limit = args.segments.split(",") if args.segments else None
+    limit = _segment_ids(args.segments, ref, data)
     results: dict = {}
     ok = True
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if "score" in checks:
         r = agreement.score_parity(ref, raw, limit=limit, log=log)
         results["score"] = r
-        passed = r["identical_rows"] == r["score_rows"]
+        passed = r["score_rows"] > 0 and r["identical_rows"] == r["score_rows"]
         ok &= passed
         print(f"score side: {r['identical_rows']}/{r['score_rows']} score-note rows identical "
-              f"({r['excerpts']} excerpts) -> {'PASS' if passed else 'FAIL'}")
+              f"({r['excerpts']} excerpts) -> {_word(passed, r['score_rows'])}")
     if "corresp" in checks:
         alignments = existing_path(args.alignments, "PERCEPIANO_ALIGNMENTS", "--alignments")
         r = agreement.corresp_parity(ref, raw, alignments, limit=limit, log=log)
         results["corresp"] = r
-        passed = r["identical_segments"] == r["segments"]
+        passed = r["segments"] > 0 and r["identical_segments"] == r["segments"]
         ok &= passed
         print(f"original pairs: {r['identical_segments']}/{r['segments']} segments and {r['identical_rows']}/"
               f"{r['rows']} rows identical within {agreement.REL_TOL:g} relative ({r['seconds']} s) "
-              f"-> {'PASS' if passed else 'FAIL'}")
+              f"-> {_word(passed, r['segments'])}")
     if "aligner" in checks:
         r = agreement.aligner_parity(ref, raw, limit=limit, all_files=args.all_files, log=log)
         results["aligner"] = r
@@ -85,7 +85,11 @@ def _features_parity(args: argparse.Namespace) -> int:
         if "all_files" in r:
             a = r["all_files"]
             print(f"  all performance files: {a['files']} run, {len(a['failures'])} failed, "
-                  f"{a['below_80_percent']} below 80 % matched (min {a['min_match_rate']:.1%})")
+                  f"{a['below_80_percent']} below 80 % matched (min {a['min_match_rate']:.1%}); at most "
+                  f"{a['max_notes_per_score_note']['value']:.3f} performed notes per score note "
+                  f"({a['max_notes_per_score_note']['file']}), at most {a['max_unmatched_performed']['value']:.1%} "
+                  f"performed notes unmatched ({a['max_unmatched_performed']['file']}; "
+                  f"{a['max_unmatched_performed_accepted']['value']:.1%} among files not refused)")
         for what, passed in verdict:
             if not passed:
                 print(f"  FAIL: {what}")
@@ -94,8 +98,9 @@ def _features_parity(args: argparse.Namespace) -> int:
     if "e2e" in checks:
         if args.checkpoint is None:
             raise ValueError("--check e2e needs --checkpoint (a model from `percepiano train`)")
-        from ..features.rating import load_model
-        r = agreement.e2e_parity(ref, raw, load_model(args.checkpoint), args.split, args.fold, limit=limit, log=log)
+        from ..checkpoints import load_trained_model
+        model, _ = load_trained_model(args.checkpoint)
+        r = agreement.e2e_parity(ref, raw, model, args.split, args.fold, limit=limit, log=log)
         results["e2e"] = r
         for group in ("well", "poor"):
             if group in r:
@@ -113,3 +118,25 @@ def _features_parity(args: argparse.Namespace) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0 if ok else 1
+
+
+def _segment_ids(segments: str | None, ref, data) -> list | None:
+    """The ``--segments`` ids, every one a segment of the reference (None: all segments)."""
+    if segments is None:
+        return None
+    ids = [s.strip() for s in segments.split(",") if s.strip()]
+    if not ids:
+        raise ValueError("--segments is empty: give comma-separated segment ids, or leave it out to check all")
+    unknown = [s for s in ids if s not in ref.index]
+    if unknown:
+        raise ValueError(f"--segments: {len(unknown)} of {len(ids)} ids are not segments of {data}: "
+                         f"{', '.join(unknown[:10])}{', ...' if len(unknown) > 10 else ''}"
+                         + (f" (segment ids look like {ref.segments[0]!r})" if ref.segments else ""))
+    return ids
+
+
+def _word(passed: bool, checked: int) -> str:
+    """PASS only when something was checked: 0 of 0 is no evidence."""
+    if checked == 0:
+        return "FAIL (nothing checked)"
+    return "PASS" if passed else "FAIL"

@@ -4,6 +4,8 @@
     percepiano parity --preset han                     # + the deviations of a configuration (none for presets)
     percepiano parity --boundary-rule diff_gt_0 --attention-temperature 0.5 --init orthogonal_lstm
     percepiano parity --upstream /path/to/PercePiano   # live: re-record from the original, then compare
+    percepiano parity --training                       # the whole training run, step by step (needs --data)
+    percepiano parity --training --steps 10 --upstream /path/to/PercePiano   # ... live, first 10 steps
 
 Prints a table per level and tensor (max abs error, tolerance, pass/fail) for the recorded cases (every level
 in float64 and float32, hierarchy utilities, ContextAttention, training steps, init laws, published config),
@@ -13,6 +15,13 @@ then the deviations of the chosen configuration and what each one changes. Exits
 Only ``--upstream`` needs the original checkout: it records fresh fixtures with ``reference_parity.capture``
 (the live side) into a temporary directory; everything else reads the recorded fixtures
 (``reference_parity.recorded``, ``reference_parity.compare``).
+
+``--training`` compares a whole training run instead (the seed-exact replay, :mod:`percepiano.replay`): ours,
+replaying the original's random draws, against the original's recorded run of performer fold 0 with seed 7
+(``reference_parity/fixtures/replay/``), per step (loss, grad norm before clipping, lr), the batch order, the
+initial weights and the epoch's valid / test loss and R²: the maximum error of each, its tolerance and the
+first step where it exceeds it. It trains on the processed data (``--data`` / ``PERCEPIANO_DATA``); with
+``--upstream`` the original's runs are recorded afresh (``reference_parity.capture_training``) first.
 """
 from __future__ import annotations
 
@@ -37,11 +46,26 @@ def register(subparsers) -> None:
     p.add_argument("--fixtures", type=Path, default=None, help="fixture directory (default: the recorded ones)")
     p.add_argument("--upstream", default=None, help="original checkout: record fresh fixtures from it first (live)")
     p.add_argument("--failures-only", action="store_true", help="print only failing rows")
+    g = p.add_argument_group("training run (seed-exact replay)")
+    g.add_argument("--training", action="store_true",
+                   help="compare the whole training run with the original's, step by step (instead of the layers)")
+    g.add_argument("--data", default=None, help="with --training: percepiano_vnet_m2pf.npz (default: $PERCEPIANO_DATA)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="with --training: only the first N steps (default: the whole recorded epoch, with its "
+                        "valid / test metrics)")
+    g.add_argument("--cases", default=None, metavar="PRESET:DTYPE,...",
+                   help="with --training: the recorded cases to run (default all: han and bilstm, float64 and float32)")
     p.set_defaults(func=cmd_parity)
 
 
 def cmd_parity(args) -> int:
     import torch
+
+    if args.training:
+        return cmd_parity_training(args)
+    for option, value in (("--data", args.data), ("--steps", args.steps), ("--cases", args.cases)):
+        if value is not None:
+            raise ValueError(f"{option} applies only with --training")
 
     from reference_parity import compare as C
     from reference_parity import recorded
@@ -95,6 +119,71 @@ def cmd_parity(args) -> int:
         if lines:
             effects = C.deviation_effects(cfg, fixture_dir, levels=levels)
             print(C.Report(effects).table())
+        return 1 if bad else 0
+    finally:
+        torch.set_num_threads(threads)
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def cmd_parity_training(args) -> int:
+    """``--training``: the replay comparison (reference_parity/replay_compare.py), recorded or live."""
+    import torch
+
+    from reference_parity import recorded
+    from reference_parity import replay_compare as RC
+
+    from ..data import load_dataset
+
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps: expected an integer >= 1, got {args.steps}")
+    only = None
+    if args.cases:
+        only = set()
+        for case in args.cases.split(","):
+            preset, _, dtype = case.partition(":")
+            if not dtype:
+                raise ValueError(f"--cases: expected PRESET:DTYPE items (e.g. han:float64), got {case!r}")
+            only.add((preset, dtype))
+    data = load_dataset(args.data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the recorded runs are single-threaded
+    tmp = None
+    try:
+        fixture_dir = args.fixtures
+        if args.upstream:
+            from reference_parity import capture_training  # the live side: needs the original checkout
+
+            tmp = tempfile.TemporaryDirectory(prefix="percepiano-replay-")
+            argv = ["--upstream", args.upstream, "--data", data.path, "--out", tmp.name]
+            if args.steps is not None:
+                argv += ["--steps", str(args.steps)]
+            if args.cases:
+                argv += ["--cases", args.cases]
+            print(f"recording the original's training runs at {args.upstream} (minutes per case) ...", file=sys.stderr)
+            if capture_training.main(argv) != 0:
+                print("percepiano parity: recording from the original failed", file=sys.stderr)
+                return 2
+            fixture_dir = Path(tmp.name)
+        elif fixture_dir is None:
+            fixture_dir = recorded.REPLAY_DIR
+        if not (Path(fixture_dir) / "MANIFEST.json").is_file():
+            raise FileNotFoundError(f"{fixture_dir}: no MANIFEST.json (replay fixtures); regenerate with "
+                                    f"`{recorded.REPLAY_REGENERATE}`")
+        known = {(e["preset"], e["dtype"]) for e in RC.cases(fixture_dir)}
+        if only is not None and not only <= known:
+            raise ValueError(f"--cases: {sorted(only - known)} not recorded; recorded: {sorted(known)}")
+        man = RC.manifest(fixture_dir)
+        print(f"percepiano parity --training: original {man['original']['repo']} @ {man['original']['commit']} "
+              f"({'live' if args.upstream else 'recorded'} runs; recorded with torch {man['versions']['torch']}, "
+              f"{man['threads']} thread, {man['device']}); ours replays its random draws (rng 'original')")
+        report = RC.run_all(data, fixture_dir, steps=args.steps, only=only)
+        rows = report.failures if args.failures_only else report.rows
+        from reference_parity import compare as C
+
+        print(C.Report(rows).table())
+        n, bad = len(report.rows), len(report.failures)
+        print(f"\n{n - bad}/{n} checks pass" + (f"; {bad} FAIL" if bad else ""))
         return 1 if bad else 0
     finally:
         torch.set_num_threads(threads)

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint from `percepiano train` (best.pt)")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     p.add_argument("--features-only", action="store_true",
-                   help="no model: print the alignment and a summary of the extracted features")
+                   help="no model (so no --checkpoint): print the alignment and a summary of the extracted features")
     p.add_argument("--min-match", type=float, default=None,
                    help="refuse below this share of matched score notes (default 0.5; a warning below 0.8)")
     p.add_argument("--save-features", type=Path, default=None,
@@ -42,7 +42,12 @@ def _predict(args: argparse.Namespace) -> int:
     from ..features.midi import MidiFileError, read_midi
     from ..features.musicxml import UnsupportedScoreError
     from ..features.performance import AlignmentError
-    from ..features.rating import CheckpointError, Rating, check_alignment, load_model, rate
+    from ..checkpoints import CheckpointError, load_trained_model, protocol_notes
+    from ..features.rating import Rating, RatingError, check_alignment, rate
+    if args.checkpoint is not None and args.features_only:
+        _err(f"--features-only prints the extracted features and runs no model, so --checkpoint "
+             f"{args.checkpoint} would be ignored: pass one or the other")
+        return 2
     if args.checkpoint is None and not args.features_only:
         _err("a trained checkpoint is needed to rate a performance. Train one with\n"
              "    percepiano train --preset han --split composition --fold 0 --out runs/han\n"
@@ -53,7 +58,10 @@ def _predict(args: argparse.Namespace) -> int:
             _err(f"no such {what} file: {path}")
             return 2
     try:
-        model = load_model(args.checkpoint) if args.checkpoint is not None else None
+        model, checkpoint = load_trained_model(args.checkpoint) if args.checkpoint is not None else (None, None)
+        # a model trained on a subset, for a few epochs or under other settings rates differently from the
+        # paper's: said with every rating, never only in the training log
+        departures = protocol_notes(checkpoint) if checkpoint is not None else []
         perf = read_midi(args.performance)
         if not perf.notes:
             raise MidiFileError(f"{args.performance}: the performance has no notes (in the piano range 21-108)")
@@ -74,14 +82,21 @@ def _predict(args: argparse.Namespace) -> int:
         return 1
     for note in notes:
         print(f"percepiano predict: warning: {note}", file=sys.stderr)
+    for note in departures:
+        print(f"percepiano predict: warning: checkpoint {args.checkpoint}: {note}", file=sys.stderr)
     if args.save_features is not None:
         import numpy as np
         np.savez_compressed(args.save_features, x=result.x, note_kind=result.note_kind,
                             **{f"note_{k}": v for k, v in result.locations.items()})
     if model is None:
         return _print_features(result, notes, args.format)
-    pred = Rating(rate(model, result), result.match_rate, result.n_score_notes, result.n_perf_notes,
-                      result.n_matched, notes)
+    try:
+        ratings = rate(model, result)
+    except RatingError as exc:
+        _err(f"{args.checkpoint}: {exc}")
+        return 2
+    pred = Rating(ratings, result.match_rate, result.n_score_notes, result.n_perf_notes, result.n_matched, notes,
+                  departures)
     if args.format == "json":
         print(json.dumps(pred.as_dict(), indent=2))
     else:
@@ -101,6 +116,9 @@ def _print_table(pred) -> None:
     d = pred.as_dict()["alignment"]
     print(f"\nalignment: {d['matched_score_notes']} of {d['score_notes']} score notes matched "
           f"({d['match_rate']:.1%}); {d['performance_notes']} performed notes")
+    if pred.protocol_notes:
+        print(f"checkpoint: {len(pred.protocol_notes)} departure(s) from the original training protocol (warnings "
+              "on stderr): these are not the ratings of the paper's model")
 
 
 def _print_features(result, notes: list, fmt: str) -> int:

@@ -1,0 +1,114 @@
+"""``percepiano round``: presets x splits x seeds x folds as Ray tasks into one resumable folder
+(docs/rounds.md; :mod:`percepiano.round`).
+
+    percepiano round --presets han,bilstm,bilstm_sa --splits composition,performer,work --seeds 7,8,9 --out runs/round16
+    percepiano round ... --address auto                      # the Ray cluster `ray start` runs on this machine
+    percepiano round ... --gpus-per-task 0.25                # 4 folds share each GPU
+
+``ROUND/{preset}-{split}/seed{S}/`` is a ``percepiano cv`` run directory; ``ROUND/round.json`` the summary.
+Rerun the same command to continue: finished folds are reused (same preset, configs, seed, code, data),
+others continue from their ``last.pt``; anything else is refused before a task starts. Needs
+``pip install 'percepiano[round]'``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..constants import N_FOLDS, SPLIT_SCHEMES
+from ._options import (
+    add_data,
+    add_protocol_options,
+    check_run_options,
+    command_line,
+    int_list,
+    log,
+    model_overrides,
+    train_config,
+)
+
+
+def register(subparsers) -> None:
+    from ..config import PRESETS
+    from ..training import KEEP_ALL, KEEP_CHOICES
+
+    p = subparsers.add_parser("round", help="a debugging round on Ray: presets x splits x seeds x folds -> "
+                                            "ROUND/{preset}-{split}/seed{S}/ and ROUND/round.json")
+    add_data(p)
+    p.add_argument("--presets", required=True, help=f"comma-separated neural presets ({', '.join(sorted(PRESETS))})")
+    p.add_argument("--splits", required=True, help=f"comma-separated split schemes ({', '.join(SPLIT_SCHEMES)})")
+    p.add_argument("--seeds", default="7", help="comma-separated seeds (default 7, the original th_seed)")
+    p.add_argument("--folds", default=",".join(str(f) for f in range(N_FOLDS)),
+                   help=f"comma-separated folds (default all {N_FOLDS})")
+    p.add_argument("--out", required=True, type=Path, help="the round folder (ROUND)")
+    g = p.add_argument_group("Ray")
+    g.add_argument("--address", default=None,
+                   help="an existing Ray cluster (HOST:PORT, or auto: the one `ray start` runs on this machine); "
+                        "default: a new Ray instance on this machine")
+    g.add_argument("--threads-per-task", default="auto",
+                   help="CPU threads of each task (Ray num_cpus); auto: 1 with GPUs, else the measured faster "
+                        "setting for CPUs (constants.ROUND_CPU_THREADS_PER_TASK)")
+    g.add_argument("--gpus-per-task", default="auto",
+                   help="share of one GPU per task, e.g. 0.25 packs 4 folds on a GPU; auto: 0.25 where the "
+                        "cluster has GPUs, else 0 (CPU)")
+    g.add_argument("--max-retries", type=int, default=None,
+                   help="restarts of a task whose worker died, each from the fold's last.pt (default 3)")
+    p.add_argument("--allow-code-change", action="store_true",
+                   help="reuse or continue folds written by another percepiano version or git commit (recorded)")
+    p.add_argument("--keep", choices=KEEP_CHOICES, default=KEEP_ALL,
+                   help="what a finished fold keeps: all (default) or best (last.pt deleted)")
+    add_protocol_options(p)
+    p.set_defaults(func=cmd_round)
+
+
+def cmd_round(args) -> int:
+    from ..config import PRESETS
+    from ..data import resolve_data_path
+    from ..round import ROUND_JSON, RoundFailed, RoundSpec, format_round_table, run_round
+
+    args.resume, args.seed, args.threads = True, None, None  # a round always continues; seeds and threads are its own
+    check_run_options(args)
+    spec = RoundSpec(
+        presets=_names(args.presets, "--presets", sorted(PRESETS)),
+        splits=_names(args.splits, "--splits", SPLIT_SCHEMES),
+        seeds=tuple(int_list(args.seeds, "--seeds")),
+        folds=tuple(int_list(args.folds, "--folds", range(N_FOLDS))),
+        train_config=train_config(args),
+        model_overrides=model_overrides(args),
+        keep=args.keep,
+        allow_code_change=args.allow_code_change,
+    )
+    try:
+        summary = run_round(
+            spec, resolve_data_path(args.data), args.out, address=args.address,
+            threads_per_task=args.threads_per_task if args.threads_per_task == "auto" else _number(
+                args.threads_per_task, "--threads-per-task", int),
+            gpus_per_task=args.gpus_per_task if args.gpus_per_task == "auto" else _number(
+                args.gpus_per_task, "--gpus-per-task", float),
+            max_retries=args.max_retries, log=log, command=command_line(args),
+        )
+    except RoundFailed as exc:
+        print(f"percepiano round: error: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:
+        if exc.name != "ray":
+            raise
+        raise ValueError("Ray is not installed: pip install 'percepiano[round]'") from None
+    print(format_round_table(summary))
+    print(f"\nwrote {args.out / ROUND_JSON}")
+    return 0
+
+
+def _names(text: str, option: str, allowed) -> tuple[str, ...]:
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    bad = [n for n in names if n not in allowed]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"{option}: expected distinct comma-separated names from {', '.join(allowed)}, got {text!r}")
+    return tuple(names)
+
+
+def _number(text: str, option: str, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{option}: expected 'auto' or a {'whole ' if kind is int else ''}number, got {text!r}") from None

@@ -1,0 +1,595 @@
+"""Rounds at scale: every (preset, split, seed, fold) of a debugging round as one Ray task, in one folder that
+survives interruptions (docs/rounds.md).
+
+Layout: ``ROUND/{preset}-{split}/seed{S}/`` is exactly the ``percepiano cv`` run directory of that preset,
+split and seed (``results.json``, ``results.csv``, ``fold{k}/``), so a cell started by ``percepiano cv --seed
+S --out ROUND/P-S/seedS`` is adopted, and any cell can be read by ``percepiano gate`` and ``report``.
+``ROUND/round.json`` summarises every cell (mean over seeds, fold and seed spread, baselines, device, time)
+and keeps a record of every invocation and its tasks.
+
+What :func:`run_round` does:
+
+1. **plan** (here, before any task starts): for each cell the identity of its run
+   (:func:`percepiano.provenance.run_identity`, as ``percepiano cv`` computes it), and per fold what ``cv
+   --resume`` does with its directory (``percepiano.cv``'s own checks): reuse a finished fold, continue its
+   ``last.pt``, or train it. A fold or cell written by another run (preset, configs, seed, code version,
+   dataset sha256) is refused, every such cell named at once, before anything runs.
+2. **fold tasks** (Ray): one per fold to train, :func:`percepiano.training.train_fold` with resume into its
+   fold directory, on ``threads`` CPU threads and a ``gpus`` share of a GPU. A task whose worker dies (killed,
+   out of memory, node lost) is retried by Ray and continues from the fold's ``last.pt``: on CPU the result is
+   bitwise the uninterrupted run's (:mod:`percepiano.training`). A worker running other code or reading other
+   data than this process refuses to train.
+3. **cell task**, once a cell's folds are done: :func:`percepiano.cv.run_cv` with ``resume`` on the same
+   resources: it reuses every fold, computes the mean/ridge baselines and writes ``results.json`` and
+   ``results.csv`` exactly as ``percepiano cv`` (the device recorded is the workers').
+
+Ray is imported only here, inside :func:`run_round` (``pip install 'percepiano[round]'``); planning and the
+summary need no Ray. Every node must see ``ROUND`` and the dataset at the same paths (a shared filesystem) and
+run the same percepiano checkout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from .checkpoints import atomic_write_text, load_checkpoint
+from .config import ModelConfig, get_preset
+from .constants import (
+    BASELINES,
+    N_FOLDS,
+    PRESET_FEATURES,
+    ROUND_CPU_THREADS_PER_TASK,
+    ROUND_GPUS_PER_TASK,
+    ROUND_MAX_RETRIES,
+    SPLIT_SCHEMES,
+)
+from .cv import _check_run_dir, _fold_state, run_cv
+from .data import load_dataset
+from .provenance import code_version, data_sha256, fold_identity, run_identity
+from .results import RESULTS, load_results, read_json_object
+from .training import BEST, KEEP_ALL, KEEP_CHOICES, TrainConfig, existing_run_files, train_fold
+
+ROUND_JSON = "round.json"
+ROUND_FORMAT = "percepiano.round/1"
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What a round trains: every (preset, split, seed, fold), each under ``train_config`` with its seed."""
+
+    presets: tuple[str, ...]
+    splits: tuple[str, ...]
+    seeds: tuple[int, ...]
+    folds: tuple[int, ...] = tuple(range(N_FOLDS))
+    train_config: TrainConfig = TrainConfig()  # its seed is replaced by each of ``seeds``
+    model_overrides: Mapping = dataclasses.field(default_factory=dict)
+    keep: str = KEEP_ALL
+    allow_code_change: bool = False
+
+    def __post_init__(self):
+        def distinct(name, values, allowed=None):
+            values = tuple(values)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"round {name}: expected distinct values, got {list(values)}")
+            bad = [v for v in values if allowed is not None and v not in allowed]
+            if bad:
+                raise ValueError(f"round {name}: {bad} not in {list(allowed)}")
+            object.__setattr__(self, name, values)
+
+        distinct("presets", self.presets, sorted(PRESET_FEATURES))
+        distinct("splits", self.splits, SPLIT_SCHEMES)
+        distinct("seeds", [int(s) for s in self.seeds])
+        distinct("folds", [int(f) for f in self.folds], range(N_FOLDS))
+        if self.keep not in KEEP_CHOICES:
+            raise ValueError(f"round keep: expected one of {list(KEEP_CHOICES)}, got {self.keep!r}")
+        object.__setattr__(self, "model_overrides", dict(self.model_overrides))
+
+    def cells(self) -> list["Cell"]:
+        return [Cell(p, s, seed) for p in self.presets for s in self.splits for seed in self.seeds]
+
+    def tcfg(self, seed: int) -> TrainConfig:
+        return self.train_config.replace(seed=int(seed))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One ``percepiano cv`` run of a round: a preset on a split with one seed."""
+
+    preset: str
+    split: str
+    seed: int
+
+    @property
+    def name(self) -> str:  # the (preset, split) entry of round.json
+        return f"{self.preset}-{self.split}"
+
+    @property
+    def path(self) -> str:  # relative to ROUND
+        return f"{self.name}/seed{self.seed}"
+
+
+@dataclass
+class CellPlan:
+    cell: Cell
+    identity: dict
+    reuse: list[int]  # folds finished by this run
+    train: list[tuple[int, str]]  # (fold, "new" | "resume")
+    up_to_date: bool  # results.json covers exactly the requested folds, all reused: nothing to do
+
+
+# --------------------------------------------------------------------------------------------- plan
+
+
+def cell_identity(spec: RoundSpec, cell: Cell, data) -> dict:
+    """The run identity of a cell: what ``percepiano cv --preset P --split S --seed S`` with the same options
+    records (:func:`percepiano.cv.run_cv` computes it from the same arguments)."""
+    model_cfg = get_preset(cell.preset, **spec.model_overrides)
+    return run_identity(cell.preset, cell.split, PRESET_FEATURES[cell.preset], data, model_cfg.to_dict(),
+                        spec.tcfg(cell.seed).to_dict())
+
+
+def plan_round(spec: RoundSpec, data, root: str | os.PathLike) -> list[CellPlan]:
+    """What each cell of ``spec`` needs under ``root``: the folds to reuse and to train, by ``percepiano cv
+    --resume``'s checks. Raises one ``ValueError`` naming every refused cell and why (another run's folds)."""
+    root = Path(root)
+    foreign = existing_run_files(root)
+    if foreign:
+        raise ValueError(f"{root} holds {', '.join(foreign)}: a `percepiano cv` or `train` run, not a round "
+                         f"(a round holds {{preset}}-{{split}}/seed{{S}}/ folders and {ROUND_JSON}); choose another --out")
+    plans, refused = [], []
+    for cell in spec.cells():
+        cdir = root / cell.path
+        identity = cell_identity(spec, cell, data)
+        try:
+            _check_run_dir(cdir, identity, list(spec.folds), True, spec.allow_code_change)
+            reuse, train = [], []
+            for fold in spec.folds:
+                how, _, _ = _fold_state(cdir / f"fold{fold}", fold_identity(identity, fold), False,
+                                        spec.allow_code_change)
+                (reuse.append(fold) if how == "reuse" else train.append((fold, how)))
+        except ValueError as exc:
+            refused.append(f"{cell.path}: {exc}")
+            continue
+        covered = _results_folds(cdir)
+        plans.append(CellPlan(cell, identity, reuse, train,
+                              up_to_date=not train and covered == sorted(spec.folds)))
+    if refused:
+        raise ValueError(f"{root}: {len(refused)} cell(s) of this round hold another run's folds; nothing was "
+                         f"started:\n" + "\n".join(refused))
+    return plans
+
+
+def _results_folds(cell_dir: Path) -> list[int] | None:
+    """The folds a cell's results.json covers (None without one)."""
+    if not (cell_dir / RESULTS).is_file():
+        return None
+    return sorted(int(f["fold"]) for f in read_json_object(cell_dir / RESULTS, "results file").get("folds") or [])
+
+
+# --------------------------------------------------------------------------------------------- tasks
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_dataset(path: str, size: int, mtime_ns: int):
+    return load_dataset(path)
+
+
+def _worker_dataset(job: Mapping):
+    """The dataset of a task (loaded once per worker process), checked to be the driver's: same code version
+    and dataset sha256, else ``ValueError`` naming the node."""
+    st = Path(job["data_path"]).stat()
+    data = _cached_dataset(job["data_path"], st.st_size, st.st_mtime_ns)
+    here = f"node {socket.gethostname()} (pid {os.getpid()})"
+    if code_version() != job["code"]:
+        raise ValueError(f"{here} runs percepiano {code_version()}, the round's driver {job['code']}: install the "
+                         f"same checkout on every node")
+    if data_sha256(data) != job["data_sha256"]:
+        raise ValueError(f"{here}: {job['data_path']} has sha256 {data_sha256(data)}, the driver's "
+                         f"{job['data_sha256']}: every node must read the same dataset file")
+    return data
+
+
+def _task_log(key: str) -> Callable[[str], None]:
+    return lambda msg: print(f"[{key}] {msg}", file=sys.stderr, flush=True)
+
+
+def _where() -> dict:
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _start_state(fdir: Path, identity: dict, allow_code_change: bool) -> str:
+    """What a fold task does with its directory now ("reuse", "resume", "new"): the plan's check again, since a
+    retried task finds what its killed attempt left. A lone ``best.pt`` of this very fold is what an attempt
+    killed between the two checkpoint writes of its first epoch leaves: it is removed and the fold started
+    again (no epoch of it was recorded)."""
+    try:
+        return _fold_state(fdir, identity, False, allow_code_change)[0]
+    except ValueError:
+        if existing_run_files(fdir) == [BEST] and load_checkpoint(fdir / BEST).get("identity") == identity:
+            (fdir / BEST).unlink()
+            return "new"
+        raise
+
+
+def train_task(job: Mapping) -> dict:
+    """One fold of a round in a Ray worker: :func:`percepiano.training.train_fold` into ``job["dir"]``,
+    continuing its ``last.pt`` if there is one. Returns the fold's numbers, how it started and where it ran."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(int(job["threads"]))
+    data = _worker_dataset(job)
+    model_cfg, tcfg = ModelConfig.from_dict(job["model_config"]), TrainConfig.from_dict(job["train_config"])
+    identity = fold_identity(run_identity(job["preset"], job["split"], job["feature_set"], data,
+                                          model_cfg.to_dict(), tcfg.to_dict()), job["fold"])
+    fdir = Path(job["dir"])
+    how = _start_state(fdir, identity, job["allow_code_change"])
+    key = f"{job['cell']} fold {job['fold']}"
+    log = _task_log(key)
+    if how == "reuse":  # an earlier attempt finished it and died before returning
+        result = read_json_object(fdir / "fold_result.json", "fold result")
+    else:
+        hook = job.get("on_epoch_end")
+        result = train_fold(
+            model_cfg, tcfg, data, job["split"], job["fold"], fdir, feature_set=job["feature_set"],
+            device=job["device"], resume=how == "resume", progress=False, log=log,
+            on_epoch_end=(lambda epoch, record: hook(key, epoch)) if hook else None,
+            run_info={"preset": job["preset"]}, allow_code_change=job["allow_code_change"], keep=job["keep"],
+        )
+    return {
+        "kind": "fold", "cell": job["cell"], "fold": int(job["fold"]), "how": how,
+        "test_r2": result["test_r2"], "best_epoch": result["best_epoch"],
+        "epochs_trained": result.get("epochs_trained"), "train_seconds": result.get("train_seconds"),
+        "device": str(job["device"]), "threads": torch.get_num_threads(),
+        "wall_seconds": time.perf_counter() - t0, **_where(),
+    }
+
+
+def cell_task(job: Mapping) -> dict:
+    """A cell's ``results.json`` and ``results.csv`` in a Ray worker: :func:`percepiano.cv.run_cv` with resume
+    over its finished folds (reused, not trained), with the baselines of the same split and folds."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(int(job["threads"]))
+    data = _worker_dataset(job)
+    res = run_cv(
+        job["preset"], job["split"], data, job["dir"], tcfg=TrainConfig.from_dict(job["train_config"]),
+        model_overrides=job["model_overrides"], folds=job["folds"], device=job["device"], resume=True,
+        progress=False, log=_task_log(job["cell"]), allow_code_change=job["allow_code_change"], keep=job["keep"],
+        command=job["command"],
+    )
+    return {"kind": "cell", "cell": job["cell"], "mean_test_r2": res["mean_test_r2"], "fold_std": res["fold_std"],
+            "device": res["device"], "wall_seconds": time.perf_counter() - t0, **_where()}
+
+
+# --------------------------------------------------------------------------------------------- resources
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each task asks Ray for, and the device it trains on."""
+
+    threads: int  # CPU threads (Ray num_cpus and torch.set_num_threads)
+    gpus: float  # share of one GPU (Ray num_gpus); 0 = CPU
+    max_retries: int
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
+
+
+def resolve_resources(threads: int | str | None, gpus: float | str | None, max_retries: int | None,
+                      nodes: list[dict]) -> Resources:
+    """The task resources: ``gpus`` "auto" -> :data:`~percepiano.constants.ROUND_GPUS_PER_TASK` where the
+    cluster has GPUs, else 0; ``threads`` "auto" -> 1 on GPUs, :data:`~percepiano.constants.
+    ROUND_CPU_THREADS_PER_TASK` on CPUs. ``nodes``: the alive nodes' resources (``{"CPU": 2.0, "GPU": 1.0}``);
+    ``ValueError`` when no node can run one task (Ray would wait for ever)."""
+    has_gpu = any(n.get("GPU", 0) > 0 for n in nodes)
+    gpus = (ROUND_GPUS_PER_TASK if has_gpu else 0.0) if gpus in (None, AUTO) else float(gpus)
+    if not 0 <= gpus <= 1 or (gpus > 0 and not has_gpu):
+        raise ValueError(f"--gpus-per-task {gpus:g}: expected a share of one GPU in [0, 1]"
+                         + ("" if has_gpu else "; this Ray cluster has no GPU (use 0)"))
+    if threads in (None, AUTO):
+        threads = 1 if gpus > 0 else ROUND_CPU_THREADS_PER_TASK
+    threads = int(threads)
+    if threads < 1:
+        raise ValueError(f"--threads-per-task: expected an integer >= 1, got {threads}")
+    retries = ROUND_MAX_RETRIES if max_retries is None else int(max_retries)
+    if retries < 0:
+        raise ValueError(f"--max-retries: expected an integer >= 0, got {retries}")
+    if not any(n.get("CPU", 0) >= threads and n.get("GPU", 0) >= gpus for n in nodes):
+        have = ", ".join(f"{n.get('CPU', 0):g} CPU / {n.get('GPU', 0):g} GPU" for n in nodes) or "no alive node"
+        raise ValueError(f"no node of this Ray cluster can run a task of {threads} CPU thread(s) and {gpus:g} "
+                         f"GPU ({have}): lower --threads-per-task or --gpus-per-task")
+    return Resources(threads, gpus, retries)
+
+
+# --------------------------------------------------------------------------------------------- the round
+
+
+def run_round(
+    spec: RoundSpec,
+    data_path: str | os.PathLike,
+    root: str | os.PathLike,
+    *,
+    address: str | None = None,
+    threads_per_task: int | str | None = AUTO,
+    gpus_per_task: float | str | None = AUTO,
+    max_retries: int | None = None,
+    log: Callable[[str], None] | None = None,
+    command: str | None = None,
+    on_epoch_end: Callable[[str, int], None] | None = None,
+) -> dict:
+    """Run (or continue) the round ``spec`` into ``root`` on Ray and return ``round.json``'s dict.
+
+    ``address``: an existing Ray cluster (``ray start --head`` prints it); None starts Ray on this machine,
+    unless this process is already connected. A finished round starts no Ray at all. ``on_epoch_end(task key,
+    epoch)`` runs in the worker after each epoch's checkpoints are written (tests interrupt workers with it).
+    Raises ``ValueError`` for a refused plan (nothing is started) and :class:`RoundFailed` when tasks failed
+    (after their retries); the others finish and ``round.json`` records both.
+    """
+    log = log or (lambda s: None)
+    root = Path(root)
+    data_path = Path(data_path).resolve()
+    data = load_dataset(data_path)
+    plans = plan_round(spec, data, root)
+    history = _load_history(root)
+    pending = [p for p in plans if not p.up_to_date]
+    n_fold_tasks = sum(len(p.train) for p in pending)
+    log(f"round {root}: {len(plans)} cells, {sum(len(p.reuse) for p in plans)} folds finished already, "
+        f"{n_fold_tasks} to train, {len(pending)} results.json to write")
+    request = _request(spec, command)
+    invocation = {"started": _now(), "request": request, "address": address, "tasks": [], "failed": []}
+    if not pending:
+        invocation.update(finished=_now(), wall_seconds=0.0, note="nothing to train: every cell is finished")
+        return write_round_json(root, request, history + [invocation])
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # Ray folds "similar" lines: the tasks' epoch lines are progress
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        # "local": a new Ray instance on this machine even where `ray start` left one running (--address auto joins it)
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
+    t0 = time.perf_counter()
+    try:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        res = resolve_resources(threads_per_task, gpus_per_task, max_retries, nodes)
+        invocation["resources"] = {"threads_per_task": res.threads, "gpus_per_task": res.gpus,
+                                   "device": res.device, "max_retries": res.max_retries,
+                                   "cluster": {k: v for k, v in ray.cluster_resources().items()
+                                               if k in ("CPU", "GPU", "memory")}, "nodes": len(nodes)}
+        log(f"ray: {len(nodes)} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs, "
+            f"{ray.cluster_resources().get('GPU', 0):g} GPUs; each task {res.threads} thread(s), {res.gpus:g} GPU "
+            f"({res.device})")
+        opts = dict(num_cpus=res.threads, num_gpus=res.gpus, max_retries=res.max_retries,
+                    retry_exceptions=[OSError])
+        remote_fold, remote_cell = ray.remote(train_task), ray.remote(cell_task)
+        common = {"data_path": str(data_path), "code": code_version(), "data_sha256": data_sha256(data),
+                  "device": res.device, "threads": res.threads, "allow_code_change": spec.allow_code_change,
+                  "keep": spec.keep, "command": command, "on_epoch_end": on_epoch_end}
+
+        def submit_cell(plan: CellPlan):
+            futures[remote_cell.options(name=plan.cell.path, **opts).remote(_cell_job(common, spec, plan, root))] = (
+                plan, None)
+
+        futures: dict = {}
+        waiting: dict[str, set[int]] = {}
+        for plan in pending:
+            waiting[plan.cell.path] = {f for f, _ in plan.train}
+            for fold, _ in plan.train:
+                job = _fold_job(common, spec, plan, fold, root)
+                futures[remote_fold.options(name=f"{plan.cell.path}/fold{fold}", **opts).remote(job)] = (plan, fold)
+            if not plan.train:
+                submit_cell(plan)
+        total, done = len(futures) + sum(1 for p in pending if p.train), 0
+        while futures:
+            ready, _ = ray.wait(list(futures), num_returns=1)
+            plan, fold = futures.pop(ready[0])
+            what = plan.cell.path + ("" if fold is None else f" fold {fold}")
+            done += 1
+            try:
+                out = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:
+                reason = _failure_reason(exc)
+                invocation["failed"].append({"cell": plan.cell.path, "fold": fold, "error": reason})
+                waiting.pop(plan.cell.path, None)
+                log(f"[{done}/{total}] {what}: FAILED: {reason}")
+            else:
+                invocation["tasks"].append(out)
+                log(f"[{done}/{total}] {what}: {_task_line(out)}")
+                if fold is not None and plan.cell.path in waiting:
+                    waiting[plan.cell.path].discard(fold)
+                    if not waiting[plan.cell.path]:
+                        del waiting[plan.cell.path]
+                        submit_cell(plan)
+            write_round_json(root, request, history + [{**invocation, "finished": None}])
+    finally:
+        invocation.update(finished=_now(), wall_seconds=time.perf_counter() - t0)
+        summary = write_round_json(root, request, history + [invocation])
+        if started_here:
+            ray.shutdown()
+    if invocation["failed"]:
+        raise RoundFailed(invocation["failed"], root / ROUND_JSON)
+    return summary
+
+
+def _cell_fields(common: Mapping, spec: RoundSpec, plan: CellPlan) -> dict:
+    """What every task of a cell is given: the driver's code, dataset and resources, and the cell's run."""
+    c = plan.cell
+    fields = {k: common[k] for k in ("data_path", "code", "data_sha256", "device", "threads", "allow_code_change",
+                                     "keep")}
+    return {**fields, "cell": c.path, "preset": c.preset, "split": c.split,
+            "train_config": spec.tcfg(c.seed).to_dict()}
+
+
+def _fold_job(common: Mapping, spec: RoundSpec, plan: CellPlan, fold: int, root: Path) -> dict:
+    """The argument of :func:`train_task` for ``fold`` of the cell ``plan``."""
+    c = plan.cell
+    return {**_cell_fields(common, spec, plan), "fold": fold, "feature_set": PRESET_FEATURES[c.preset],
+            "dir": str(root / c.path / f"fold{fold}"),
+            "model_config": get_preset(c.preset, **spec.model_overrides).to_dict(),
+            "on_epoch_end": common["on_epoch_end"]}
+
+
+def _cell_job(common: Mapping, spec: RoundSpec, plan: CellPlan, root: Path) -> dict:
+    """The argument of :func:`cell_task` for the cell ``plan``."""
+    return {**_cell_fields(common, spec, plan), "dir": str(root / plan.cell.path),
+            "model_overrides": dict(spec.model_overrides), "folds": list(spec.folds), "command": common["command"]}
+
+
+class RoundFailed(RuntimeError):
+    """Tasks of a round failed after their retries; the rest finished, round.json lists both."""
+
+    def __init__(self, failed: list[dict], where: Path):
+        self.failed = failed
+        lines = "".join(f"\n  {f['cell']}{'' if f['fold'] is None else ' fold ' + str(f['fold'])}: {f['error']}"
+                        for f in failed)
+        super().__init__(f"{len(failed)} task(s) failed (recorded in {where}); rerun the same command to retry "
+                         f"them from their last.pt:{lines}")
+
+
+def _failure_reason(exc) -> str:
+    """The cause of a failed Ray task in one line: the task's own exception, or how its worker was lost."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0] if str(cause) else type(cause).__name__
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _task_line(out: Mapping) -> str:
+    where = f"node {out['node_id'][:8]} ({out['device']}, pid {out['pid']})"
+    if out["kind"] == "cell":
+        return f"results.json written: mean test R2 {out['mean_test_r2']:.4f} (fold std {out['fold_std']:.4f})"
+    return (f"{out['how']}: test R2 {out['test_r2']:.4f} (best epoch {out['best_epoch']} of "
+            f"{out['epochs_trained']}), {out['wall_seconds'] / 60:.1f} min on {where}")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# --------------------------------------------------------------------------------------------- round.json
+
+
+def _request(spec: RoundSpec, command: str | None) -> dict:
+    return {"presets": list(spec.presets), "splits": list(spec.splits), "seeds": list(spec.seeds),
+            "folds": list(spec.folds), "train_config": {k: v for k, v in spec.train_config.to_dict().items()
+                                                         if k != "seed"},
+            "model_overrides": dict(spec.model_overrides), "keep": spec.keep, "command": command}
+
+
+def _load_history(root: Path) -> list[dict]:
+    """The invocations recorded in ``root/round.json`` ([] without one)."""
+    path = root / ROUND_JSON
+    if not path.is_file():
+        return []
+    saved = read_json_object(path, "round summary")
+    if saved.get("format") != ROUND_FORMAT or not isinstance(saved.get("invocations"), list):
+        raise ValueError(f"{path}: not a round summary written by `percepiano round` (format {ROUND_FORMAT}, "
+                         f"field 'invocations'); move it away to start the summary again")
+    return list(saved["invocations"])
+
+
+def find_cells(root: str | os.PathLike) -> list[tuple[str, dict]]:
+    """Every cell of a round folder that has a ``results.json``: ``(path relative to root, results)``, sorted."""
+    root = Path(root)
+    found = []
+    for path in sorted(root.glob(f"*/seed*/{RESULTS}")):
+        found.append((path.parent.relative_to(root).as_posix(), load_results(path)))
+    return found
+
+
+def summarize_round(root: str | os.PathLike, request: Mapping | None = None) -> dict:
+    """Per (preset, split) of the round folder ``root``: every seed's mean test R2 and fold spread, their mean,
+    the seed spread (population std over seeds; None for one seed), the baselines of the same split and folds,
+    the devices and the training time (sum of the folds' epoch times). Seeds of ``request`` without a
+    ``results.json`` yet are listed as pending."""
+    cells: dict[str, dict] = {}
+    for rel, res in find_cells(root):
+        name = f"{res['preset']}-{res['split']}"
+        entry = cells.setdefault(name, {"preset": res["preset"], "split": res["split"], "seeds": {}})
+        entry["seeds"][str(res["seed"])] = {
+            "dir": rel,
+            "mean_test_r2": res["mean_test_r2"],
+            "fold_std": res["fold_std"],
+            "folds": [int(f["fold"]) for f in res["folds"]],
+            "per_fold_test_r2": [f["test_r2"] for f in res["folds"]],
+            "best_epochs": [f.get("best_epoch") for f in res["folds"]],
+            "epochs": res.get("epochs"),
+            "protocol": res.get("protocol"),
+            "device": res.get("device"),
+            "device_name": res.get("device_name"),
+            "train_seconds": float(sum(f.get("train_seconds") or 0.0 for f in res["folds"])),
+            "git_commit": res.get("git_commit"),
+            "baselines": {k: {"mean_test_r2": v["mean_test_r2"], "fold_std": v["fold_std"]}
+                          for k, v in (res.get("baselines") or {}).items()},
+        }
+    for entry in cells.values():
+        seeds = entry["seeds"]
+        means = np.array([s["mean_test_r2"] for s in seeds.values()], dtype=np.float64)
+        first = next(iter(seeds.values()))
+        entry.update(
+            mean_test_r2=float(means.mean()),
+            fold_std=float(np.mean([s["fold_std"] for s in seeds.values()])),  # mean over seeds of the fold std
+            seed_std=float(means.std()) if len(means) > 1 else None,  # population std over seeds (ddof 0)
+            n_seeds=len(means),
+            baselines=first["baselines"],
+            devices=sorted({str(s["device"]) for s in seeds.values()}),
+            train_seconds=float(sum(s["train_seconds"] for s in seeds.values())),
+        )
+    if request is not None:
+        for preset in request["presets"]:
+            for split in request["splits"]:
+                entry = cells.setdefault(f"{preset}-{split}", {"preset": preset, "split": split, "seeds": {}})
+                entry["pending_seeds"] = [s for s in request["seeds"] if str(s) not in entry["seeds"]
+                                          or entry["seeds"][str(s)]["folds"] != sorted(request["folds"])]
+    return {k: cells[k] for k in sorted(cells)}
+
+
+def write_round_json(root: str | os.PathLike, request: Mapping, invocations: list[dict]) -> dict:
+    """Write ``root/round.json`` (atomically) from the cells on disk and the invocations; returns it."""
+    root = Path(root)
+    cells = summarize_round(root, request)
+    for name, entry in cells.items():  # the tasks' wall time, over every invocation recorded
+        entry["task_wall_seconds"] = float(sum(
+            t.get("wall_seconds") or 0.0 for inv in invocations for t in inv.get("tasks", [])
+            if str(t.get("cell", "")).split("/")[0] == name))
+    summary = {"format": ROUND_FORMAT, "request": dict(request), "cells": cells,
+               "baselines_note": f"{', '.join(BASELINES)} on the same split and folds, from each cell's results.json",
+               "invocations": invocations, "updated": _now()}
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(summary, indent=1) + "\n", root / ROUND_JSON)
+    return summary
+
+
+def format_round_table(summary: Mapping) -> str:
+    """One row per (preset, split): seeds, mean test R2 over seeds, mean fold std, seed std, ridge, device."""
+    lines = [f"{'cell':<24} {'seeds':>5} {'mean test R2':>12} {'fold std':>9} {'seed std':>9} {'ridge':>7}  "
+             f"device, train time"]
+    for name, c in summary["cells"].items():
+        if not c["seeds"]:
+            lines.append(f"{name:<24} {0:>5} {'-':>12} {'-':>9} {'-':>9} {'-':>7}  pending seeds "
+                         f"{c.get('pending_seeds')}")
+            continue
+        ridge = (c["baselines"].get("ridge") or {}).get("mean_test_r2")
+        seed_std = "-" if c["seed_std"] is None else f"{c['seed_std']:.4f}"
+        lines.append(
+            f"{name:<24} {c['n_seeds']:>5} {c['mean_test_r2']:>12.4f} {c['fold_std']:>9.4f} {seed_std:>9} "
+            f"{'-' if ridge is None else format(ridge, '.4f'):>7}  {'/'.join(c['devices'])}, "
+            f"{c['train_seconds'] / 3600:.2f} h" + (f"; pending seeds {c['pending_seeds']}" if c.get("pending_seeds") else "")
+        )
+    return "\n".join(lines)
+

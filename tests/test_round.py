@@ -1,0 +1,300 @@
+"""`percepiano round` on a real local Ray cluster: the same per-fold results as `percepiano train` task by task,
+a killed worker retried from last.pt to a bitwise-equal result, a finished round rerun without training, a
+mismatched finished task refused, a cell started by `percepiano cv` adopted; the slow test spreads tasks over
+two Ray nodes (`ray start --head` + `ray start --address`, one CPU each). Tiny models (hidden size 8, 2
+epochs) on the committed synthetic dataset, CPU, one thread per task."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from percepiano.checkpoints import load_checkpoint
+from percepiano.cli import main
+from percepiano.data import load_dataset
+from percepiano.round import ROUND_JSON, RoundSpec, plan_round, resolve_resources, run_round, summarize_round
+from percepiano.training import TrainConfig
+
+HAS_RAY = importlib.util.find_spec("ray") is not None
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DATA = Path(__file__).parent / "data" / "synthetic_m2pf.npz"
+EPOCHS, HIDDEN = 2, 8
+SMALL = ["--epochs", str(EPOCHS), "--hidden-size", str(HIDDEN)]
+# results of a fold that do not depend on when or how long it ran
+FOLD_NUMBERS = ("best_epoch", "valid_loss", "valid_r2", "test_r2", "test_mse", "per_label_test_r2", "epochs_trained")
+# Ray on a 2-core machine without a GPU: sockets on loopback, no token handshake between test processes
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance (2 CPUs) for the module; run_round uses the connected instance."""
+    if not HAS_RAY:
+        pytest.skip("percepiano round needs Ray: pip install 'percepiano[round]'")
+    import ray
+
+    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield
+    ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def spec(**kw) -> RoundSpec:
+    base = dict(presets=("bilstm", "han"), splits=("performer",), seeds=(7, 8), folds=(0, 1),
+                train_config=TrainConfig(epochs=EPOCHS), model_overrides={"hidden_size": HIDDEN})
+    return RoundSpec(**{**base, **kw})
+
+
+def fold_numbers(fold_dir: Path) -> dict:
+    res = json.loads((fold_dir / "fold_result.json").read_text())
+    return {k: res[k] for k in FOLD_NUMBERS}
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = load_checkpoint(a)["model_state"], load_checkpoint(b)["model_state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"{a} and {b} differ in {k}"
+
+
+def mtimes(root: Path) -> dict:
+    return {p.relative_to(root): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()
+            and p.name != ROUND_JSON}
+
+
+@pytest.fixture(scope="module")
+def finished_round(local_ray, tmp_path_factory):
+    """A round of 2 presets x 1 split x 2 seeds x 2 folds, run once for the module."""
+    root = tmp_path_factory.mktemp("round") / "R"
+    summary = run_round(spec(), DATA, root, threads_per_task=1, gpus_per_task=0)
+    return root, summary
+
+
+def test_round_equals_percepiano_train_task_by_task(finished_round, tmp_path, capsys):
+    root, summary = finished_round
+    for preset in ("bilstm", "han"):
+        for seed in (7, 8):
+            cell = root / f"{preset}-performer" / f"seed{seed}"
+            res = json.loads((cell / "results.json").read_text())
+            assert (res["preset"], res["split"], res["seed"], res["epochs"]) == (preset, "performer", seed, EPOCHS)
+            assert [f["fold"] for f in res["folds"]] == [0, 1] and (cell / "results.csv").is_file()
+            assert set(res["baselines"]) == {"mean", "ridge"}
+            for fold in (0, 1):
+                ref = tmp_path / f"{preset}-{seed}-{fold}"
+                argv = ["train", "--preset", preset, "--split", "performer", "--fold", str(fold), "--seed", str(seed),
+                        *SMALL, "--threads", "1", "--device", "cpu", "--no-progress", "--data", str(DATA),
+                        "--out", str(ref)]
+                assert main(argv) == 0, capsys.readouterr().err
+                assert fold_numbers(cell / f"fold{fold}") == fold_numbers(ref)
+                assert_same_weights(cell / f"fold{fold}" / "best.pt", ref / "best.pt")
+                np.testing.assert_array_equal(np.load(cell / f"fold{fold}" / "test_predictions.npz")["predictions"],
+                                              np.load(ref / "test_predictions.npz")["predictions"])
+            entry = summary["cells"][f"{preset}-performer"]
+            means = [summary["cells"][f"{preset}-performer"]["seeds"][str(s)]["mean_test_r2"] for s in (7, 8)]
+            assert entry["seeds"][str(seed)]["mean_test_r2"] == res["mean_test_r2"]
+            assert entry["mean_test_r2"] == pytest.approx(np.mean(means), abs=1e-12)
+            assert entry["seed_std"] == pytest.approx(np.std(means), abs=1e-12) and entry["pending_seeds"] == []
+            assert entry["baselines"]["ridge"]["mean_test_r2"] == res["baselines"]["ridge"]["mean_test_r2"]
+    tasks = summary["invocations"][-1]["tasks"]
+    assert sorted((t["cell"], t["fold"]) for t in tasks if t["kind"] == "fold") == sorted(
+        (f"{p}-performer/seed{s}", f) for p in ("bilstm", "han") for s in (7, 8) for f in (0, 1))
+    assert all(t["how"] == "new" and t["threads"] == 1 and t["device"] == "cpu" for t in tasks if t["kind"] == "fold")
+    assert json.loads((root / ROUND_JSON).read_text())["cells"] == summary["cells"]
+
+
+def test_rerunning_a_finished_round_trains_nothing(finished_round, monkeypatch):
+    root, _ = finished_round
+    before = mtimes(root)
+    monkeypatch.setitem(sys.modules, "ray", None)  # a finished round must not even start Ray
+    again = run_round(spec(), DATA, root)
+    assert mtimes(root) == before
+    last = again["invocations"][-1]
+    assert last["tasks"] == [] and "nothing to train" in last["note"]
+    assert len(again["invocations"]) == 2  # the first run's record is kept
+
+
+def test_a_mismatched_finished_task_is_refused(finished_round, capsys):
+    root, _ = finished_round
+    before = mtimes(root)
+    with pytest.raises(ValueError) as err:
+        run_round(spec(train_config=TrainConfig(epochs=EPOCHS, lr=1e-3)), DATA, root)
+    text = str(err.value)
+    assert "4 cell(s)" in text and "nothing was started" in text
+    assert "bilstm-performer/seed7" in text and "train_config.lr: saved 2.5e-05, requested 0.001" in text
+    # through the command line: exit 2 and the same reason
+    code = main(["round", "--presets", "han", "--splits", "performer", "--seeds", "7", "--folds", "0,1",
+                 "--epochs", str(EPOCHS), "--hidden-size", "16", "--data", str(DATA), "--out", str(root)])
+    err_text = capsys.readouterr().err
+    assert code == 2 and err_text.startswith("percepiano round: error: ")
+    assert "model_config.hidden_size: saved 8, requested 16" in err_text
+    assert mtimes(root) == before
+
+
+def test_a_fold_of_another_code_version_is_refused(finished_round, tmp_path):
+    root, _ = finished_round
+    copy = tmp_path / "R"
+    shutil.copytree(root, copy)
+    path = copy / "han-performer" / "seed8" / "fold1" / "fold_result.json"
+    res = json.loads(path.read_text())
+    res["identity"]["code"]["version"] = "0.0.1"
+    path.write_text(json.dumps(res))
+    with pytest.raises(ValueError, match=r"(?s)han-performer/seed8: .*code.version: saved '0.0.1'.*--allow-code-change"):
+        plan_round(spec(), load_dataset(DATA), copy)
+
+
+def test_a_cell_started_by_cv_is_adopted(local_ray, tmp_path, capsys):
+    root = tmp_path / "R"
+    cell = root / "bilstm-performer" / "seed7"
+    argv = ["cv", "--preset", "bilstm", "--split", "performer", "--seed", "7", "--folds", "1", *SMALL,
+            "--threads", "1", "--device", "cpu", "--no-progress", "--data", str(DATA), "--out", str(cell)]
+    assert main(argv) == 0, capsys.readouterr().err
+    fold1 = (cell / "fold1" / "best.pt").stat().st_mtime_ns
+    summary = run_round(spec(presets=("bilstm",), seeds=(7,)), DATA, root, threads_per_task=1, gpus_per_task=0)
+    assert (cell / "fold1" / "best.pt").stat().st_mtime_ns == fold1  # reused, not trained again
+    assert [(t["fold"], t["how"]) for t in summary["invocations"][-1]["tasks"] if t["kind"] == "fold"] == [(0, "new")]
+    res = json.loads((cell / "results.json").read_text())
+    assert [f["fold"] for f in res["folds"]] == [0, 1]
+
+
+def _kill_after_first_epoch(marker_dir: Path):
+    """An on_epoch_end hook that kills its own Ray worker (SIGKILL) after epoch 1 of each task, once."""
+
+    def hook(key: str, epoch: int) -> None:
+        marker = marker_dir / key.replace("/", "_").replace(" ", "_")
+        if epoch == 1 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def test_a_killed_worker_is_retried_from_last_pt_bitwise(local_ray, tmp_path, capsys):
+    one = spec(presets=("han",), seeds=(7,), folds=(1,))
+    killed, clean, markers = tmp_path / "killed", tmp_path / "clean", tmp_path / "markers"
+    markers.mkdir()
+    summary = run_round(one, DATA, killed, threads_per_task=1, gpus_per_task=0, max_retries=2,
+                        on_epoch_end=_kill_after_first_epoch(markers))
+    [marker] = list(markers.iterdir())
+    task = [t for t in summary["invocations"][-1]["tasks"] if t["kind"] == "fold"]
+    assert len(task) == 1 and task[0]["how"] == "resume" and task[0]["pid"] != int(marker.read_text())
+    run_round(one, DATA, clean, threads_per_task=1, gpus_per_task=0)
+    a, b = killed / "han-performer" / "seed7" / "fold1", clean / "han-performer" / "seed7" / "fold1"
+    assert fold_numbers(a) == fold_numbers(b)
+    for name in ("best.pt", "last.pt"):
+        assert_same_weights(a / name, b / name)
+    opt_a, opt_b = load_checkpoint(a / "last.pt")["optimizer"], load_checkpoint(b / "last.pt")["optimizer"]
+    for k in opt_a["state"]:
+        for name, value in opt_a["state"][k].items():
+            assert torch.equal(value, opt_b["state"][k][name])
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    logs = [[json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()] for d in (a, b)]
+    assert drop(logs[0]) == drop(logs[1]) and len(logs[0]) == EPOCHS
+
+
+def test_resources_are_checked_against_the_cluster():
+    cpu_node = [{"CPU": 2.0}]
+    assert resolve_resources("auto", "auto", None, cpu_node).device == "cpu"
+    with pytest.raises(ValueError, match="no GPU"):
+        resolve_resources(1, 0.25, None, cpu_node)
+    with pytest.raises(ValueError, match="no node of this Ray cluster can run a task of 4 CPU"):
+        resolve_resources(4, 0, None, cpu_node)
+    gpu = resolve_resources("auto", "auto", None, [{"CPU": 16.0, "GPU": 1.0}])
+    assert (gpu.gpus, gpu.threads, gpu.device) == (0.25, 1, "cuda")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        resolve_resources(1, 2, None, [{"CPU": 16.0, "GPU": 2.0}])
+
+
+def test_round_option_errors(tmp_path, capsys):
+    base = ["round", "--data", str(DATA), "--out", str(tmp_path / "R"), "--splits", "performer"]
+    for extra, message in (
+        (["--presets", "ridge"], "--presets: expected distinct comma-separated names"),
+        (["--presets", "han", "--seeds", "7,7"], "--seeds: expected distinct"),
+        (["--presets", "han", "--folds", "4"], "--folds: expected distinct comma-separated integers from 0-3"),
+        (["--presets", "han", "--gpus-per-task", "half"], "--gpus-per-task: expected 'auto' or a number"),
+    ):
+        assert main([*base, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "R").exists()
+
+
+def test_without_ray_the_command_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code = main(["round", "--presets", "bilstm", "--splits", "performer", "--folds", "0", *SMALL, "--data", str(DATA),
+                 "--out", str(tmp_path / "R")])
+    assert code == 2 and "percepiano round: error: Ray is not installed: pip install 'percepiano[round]'" in (
+        capsys.readouterr().err)
+
+
+def test_a_cv_run_directory_is_not_a_round(tmp_path, capsys):
+    out = tmp_path / "cv"
+    assert main(["cv", "--preset", "ridge", "--split", "performer", "--folds", "0", "--data", str(DATA),
+                 "--out", str(out)]) == 0
+    with pytest.raises(ValueError, match="a `percepiano cv` or `train` run, not a round"):
+        run_round(spec(), DATA, out)
+
+
+def test_summary_lists_the_pending_seeds(finished_round):
+    root, _ = finished_round
+    cells = summarize_round(root, {"presets": ["han"], "splits": ["performer", "composition"], "seeds": [7, 9],
+                                   "folds": [0, 1]})
+    assert cells["han-performer"]["pending_seeds"] == [9] and cells["han-composition"]["pending_seeds"] == [7, 9]
+    assert cells["han-composition"]["seeds"] == {}
+
+
+# --------------------------------------------------------------------------------------------- two nodes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_RAY, reason="percepiano round needs Ray: pip install 'percepiano[round]'")
+def test_tasks_spread_over_two_ray_nodes(tmp_path):
+    """A head and a second node (`ray start`, one CPU each, on this machine) and `percepiano round --address`
+    from another process: the fold tasks run on both nodes."""
+    port = _free_port()
+    env = {**os.environ, **RAY_ENV}
+    nodes = []
+    try:
+        for args in (["--head", "--port", str(port), "--include-dashboard", "false"],
+                     ["--address", f"127.0.0.1:{port}"]):
+            nodes.append(subprocess.Popen(["ray", "start", *args, "--num-cpus", "1", "--block",
+                                           "--disable-usage-stats"], env=env, start_new_session=True,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(5)
+        root = tmp_path / "R"
+        cmd = [sys.executable, "-m", "percepiano", "round", "--address", f"127.0.0.1:{port}", "--presets", "han",
+               "--splits", "performer", "--seeds", "7,8", "--folds", "0,1", *SMALL, "--threads-per-task", "1",
+               "--data", str(DATA), "--out", str(root)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        tasks = json.loads((root / ROUND_JSON).read_text())["invocations"][-1]["tasks"]
+        assert json.loads((root / ROUND_JSON).read_text())["invocations"][-1]["resources"]["nodes"] == 2
+        assert len({t["node_id"] for t in tasks if t["kind"] == "fold"}) == 2
+    finally:
+        for p in nodes:  # `ray start --block` stops the processes it started when it is terminated
+            p.send_signal(signal.SIGTERM)
+        for p in nodes:
+            p.wait(60)
