@@ -58,7 +58,7 @@ from .cv import _check_run_dir, _fold_state, run_cv
 from .data import load_dataset
 from .provenance import code_version, data_sha256, fold_identity, run_identity
 from .results import RESULTS, load_results, read_json_object
-from .training import BEST, KEEP_ALL, KEEP_CHOICES, TrainConfig, existing_run_files, train_fold
+from .training import BEST, FOLD_RESULT, KEEP_ALL, KEEP_CHOICES, TrainConfig, existing_run_files, train_fold
 
 ROUND_JSON = "round.json"
 ROUND_FORMAT = "percepiano.round/1"
@@ -239,7 +239,7 @@ def train_task(job: Mapping) -> dict:
     key = f"{job['cell']} fold {job['fold']}"
     log = _task_log(key)
     if how == "reuse":  # an earlier attempt finished it and died before returning
-        result = read_json_object(fdir / "fold_result.json", "fold result")
+        result = read_json_object(fdir / FOLD_RESULT, "fold result")
     else:
         hook = job.get("on_epoch_end")
         result = train_fold(
@@ -361,7 +361,14 @@ def run_round(
     started_here = not ray.is_initialized()
     if started_here:
         # "local": a new Ray instance on this machine even where `ray start` left one running (--address auto joins it)
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
+        try:
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
+        except ConnectionError as exc:
+            raise ValueError(
+                f"--address {address}: {exc}. If the cluster is running, it may want a token (Ray 2.60 clusters "
+                f"started by `ray start` do): run this command with RAY_AUTH_MODE=token and the cluster's token "
+                f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token), or start the cluster with RAY_AUTH_MODE=disabled "
+                f"(docs/rounds.md)") from exc
     t0 = time.perf_counter()
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]

@@ -244,6 +244,19 @@ def test_without_ray_the_command_says_what_to_install(tmp_path, capsys, monkeypa
         capsys.readouterr().err)
 
 
+@pytest.mark.skipif(not HAS_RAY, reason="percepiano round needs Ray: pip install 'percepiano[round]'")
+def test_a_cluster_that_refuses_the_connection_is_explained(tmp_path, monkeypatch):
+    import ray
+
+    def refuse(**kw):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kw['address']}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ValueError, match=r"--address 10.0.0.1:6379: Failed to connect .* RAY_AUTH_MODE=token"):
+        run_round(spec(presets=("bilstm",), seeds=(7,), folds=(0,)), DATA, tmp_path / "R", address="10.0.0.1:6379")
+
+
 def test_a_cv_run_directory_is_not_a_round(tmp_path, capsys):
     out = tmp_path / "cv"
     assert main(["cv", "--preset", "ridge", "--split", "performer", "--folds", "0", "--data", str(DATA),

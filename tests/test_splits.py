@@ -151,3 +151,10 @@ def test_the_composition_split_holds_out_excerpts_not_works(real):
     test, trained = splits.trained_test_works(real.segment_ids, real.splits["composition"])
     assert len(test) == 5 and trained == ["Schubert_D935_no.3", "Schubert_D960_mv2", "Schubert_D960_mv3"]
     assert all(across for across in splits.works_across_parts(real.segment_ids, real.splits["composition"]))
+
+
+def test_the_resource_is_what_the_rule_writes_for_the_real_data(real, tmp_path):
+    out = tmp_path / "work_split.json"
+    assert splits.main([real.path, str(out)]) == 0
+    assert out.read_text() == splits.WORK_SPLIT_RESOURCE.read_text()
+    assert splits.main([]) == 2
