@@ -801,10 +801,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=FIXTURE_DIR, help="output directory (default: reference_parity/fixtures)")
     ap.add_argument("--max-bytes", type=int, default=MAX_BYTES, help="fail if the fixtures exceed this size")
     a = ap.parse_args(argv)
-    try:
-        up = U.load(a.upstream)
-    except U.UpstreamError as exc:
-        print(f"capture: {exc}", file=sys.stderr)
+    up = U.load_or_say_why(a.upstream, "capture")
+    if up is None:
         return 2
     det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)

@@ -321,10 +321,8 @@ def main(argv=None) -> int:
                     help="comma-separated preset:dtype (default all; '' for the initial-weight checksums only, which "
                          "are always recorded; MANIFEST.json lists the files)")
     a = ap.parse_args(argv)
-    try:
-        up = U.load(a.upstream)
-    except U.UpstreamError as exc:
-        print(f"capture_training: {exc}", file=sys.stderr)
+    up = U.load_or_say_why(a.upstream, "capture_training")
+    if up is None:
         return 2
     data = load_dataset(a.data)
     cases = [tuple(c.split(":")) for c in a.cases.split(",") if c]

@@ -363,6 +363,15 @@ def load(path: str | os.PathLike | None = None, *, verify: bool = True) -> Upstr
     return up
 
 
+def load_or_say_why(path: str | os.PathLike | None, prog: str) -> Upstream | None:
+    """:func:`load`, or None after printing why not (``prog: ...`` on stderr): the capture commands then exit 2."""
+    try:
+        return load(path)
+    except UpstreamError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+
+
 def available() -> bool:
     """True when ``$PERCEPIANO_UPSTREAM`` is set (live tests run; they fail loudly if it is wrong)."""
     return bool(os.environ.get(UPSTREAM_ENV))
