@@ -61,14 +61,15 @@ from .recorded import REPLAY_DIR, REPLAY_REGENERATE, UPSTREAM_ENV, array_specs, 
 SPLIT, FOLD, SEED, EPOCHS = "performer", 0, 7, 1
 CASES = (("han", "float64"), ("han", "float32"), ("bilstm", "float64"), ("bilstm", "float32"))
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# dataset.py: ScorePerformDataset.__init__ reads the annotators' label std from this path of the authors' machine
-LABEL_STD_PATH = "/root/v2/muzic/virtuosonet/label_2round_std_reg_19_with0_rm_highstd0.json"
+# dataset.py: ScorePerformDataset.__init__ reads the annotators' label std from an absolute path of the authors'
+# machine; the capture redirects any open of a file with this name
+LABEL_STD_NAME = "label_2round_std_reg_19_with0_rm_highstd0.json"
 PATCHES = {
     "dataset.ScorePerformDataset.get_data_path": "sorted(...) around the original's rglob listing: the train, "
                                                  "valid and test files in sorted order (the one patch)",
 }
 INSTRUMENTATION = {
-    "dataset.open": f"redirects {LABEL_STD_PATH} (absolute path in ScorePerformDataset.__init__) to the label-std "
+    "dataset.open": f"redirects the authors' absolute path to {LABEL_STD_NAME} (ScorePerformDataset.__init__) to the label-std "
                     "JSON written from the processed data",
     "train_m2pf.Logger": "a recorder of log_training / log_validation instead of tensorboard (make_log stays True)",
     "train_m2pf.train_step": "wrapped: reads optimizer.param_groups[0]['lr'] before each call (the lr it uses)",
@@ -176,7 +177,7 @@ def _patched(up, box: dict, std_file: Path, max_steps: int | None):
             raise StopRun
 
     def redirecting_open(file, *args, **kwargs):
-        return open(std_file if str(file) == LABEL_STD_PATH else file, *args, **kwargs)
+        return open(std_file if Path(str(file)).name == LABEL_STD_NAME else file, *args, **kwargs)
 
     cls.get_data_path, cls.__getitem__ = get_data_path, getitem
     tr.Logger, tr.train_step = _Recorder(box), train_step
