@@ -24,8 +24,6 @@ DEFAULT_DEVICE = "auto"
 
 
 def add_run_options(p: argparse.ArgumentParser, presets: list[str]) -> None:
-    from ..training import KEEP_ALL, KEEP_CHOICES
-
     add_data(p)
     p.add_argument("--preset", required=True, choices=presets, help="model preset (or baseline for cv)")
     p.add_argument("--split", required=True, choices=SPLIT_SCHEMES, help="split scheme")
@@ -35,15 +33,22 @@ def add_run_options(p: argparse.ArgumentParser, presets: list[str]) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out; only a run with the same preset, configs, seed, split, code and "
                         "data is continued (--epochs may grow), anything else is refused with what differs")
-    p.add_argument("--allow-code-change", action="store_true",
-                   help="with --resume: continue a run written by another percepiano version or git commit "
-                        "(recorded in the run)")
-    p.add_argument("--keep", choices=KEEP_CHOICES, default=KEEP_ALL,
-                   help="what a finished fold keeps: all (best.pt and last.pt, the default) or best (last.pt, "
-                        "3x the size of best.pt, is deleted; the fold is still reused by --resume)")
+    add_reuse_options(p)
     p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads), >= 1")
     add_protocol_options(p)
+
+
+def add_reuse_options(p: argparse.ArgumentParser) -> None:
+    """``--allow-code-change`` and ``--keep``: how saved folds are reused and what a finished fold keeps."""
+    from ..training import KEEP_ALL, KEEP_CHOICES
+
+    p.add_argument("--allow-code-change", action="store_true",
+                   help="continue or reuse a run written by another percepiano version or git commit (recorded in "
+                        "the run; with --resume for train and cv)")
+    p.add_argument("--keep", choices=KEEP_CHOICES, default=KEEP_ALL,
+                   help="what a finished fold keeps: all (best.pt and last.pt, the default) or best (last.pt, "
+                        "3x the size of best.pt, is deleted; the fold is still reused by --resume)")
 
 
 def add_protocol_options(p: argparse.ArgumentParser) -> None:

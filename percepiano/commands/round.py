@@ -19,6 +19,7 @@ from ..constants import N_FOLDS, SPLIT_SCHEMES
 from ._options import (
     add_data,
     add_protocol_options,
+    add_reuse_options,
     check_run_options,
     command_line,
     int_list,
@@ -30,7 +31,6 @@ from ._options import (
 
 def register(subparsers) -> None:
     from ..config import PRESETS
-    from ..training import KEEP_ALL, KEEP_CHOICES
 
     p = subparsers.add_parser("round", help="a debugging round on Ray: presets x splits x seeds x folds -> "
                                             "ROUND/{preset}-{split}/seed{S}/ and ROUND/round.json")
@@ -53,10 +53,7 @@ def register(subparsers) -> None:
                         "cluster has GPUs, else 0 (CPU)")
     g.add_argument("--max-retries", type=int, default=None,
                    help="restarts of a task whose worker died, each from the fold's last.pt (default 3)")
-    p.add_argument("--allow-code-change", action="store_true",
-                   help="reuse or continue folds written by another percepiano version or git commit (recorded)")
-    p.add_argument("--keep", choices=KEEP_CHOICES, default=KEEP_ALL,
-                   help="what a finished fold keeps: all (default) or best (last.pt deleted)")
+    add_reuse_options(p)
     add_protocol_options(p)
     p.set_defaults(func=cmd_round)
 
