@@ -116,12 +116,12 @@ def run_cv(
         identity = run_identity(preset, split, feature_set, data, model_cfg.to_dict(), tcfg.to_dict())
     dev = torch.device("cpu") if is_baseline else resolve_device(device)
     out = Path(out_dir)
-    _check_run_dir(out, identity, folds, resume, allow_code_change)
+    check_run_dir(out, identity, folds, resume, allow_code_change)
     out.mkdir(parents=True, exist_ok=True)
 
     fold_results, pending, code_changes = [], [], []
     for fold in folds:
-        how, saved, change = _fold_state(out / f"fold{fold}", fold_identity(identity, fold), is_baseline,
+        how, saved, change = fold_state(out / f"fold{fold}", fold_identity(identity, fold), is_baseline,
                                          allow_code_change) if resume else ("new", None, None)
         if how == "reuse":
             fold_results.append(saved)
@@ -261,7 +261,7 @@ def _check_baseline_settings(preset: str, tcfg: TrainConfig | None, model_overri
         raise ValueError(f"baseline {preset!r} writes no checkpoints: keep={keep!r} does not apply")
 
 
-def _check_run_dir(out: Path, identity: dict, folds: list[int], resume: bool, allow_code_change: bool) -> None:
+def check_run_dir(out: Path, identity: dict, folds: list[int], resume: bool, allow_code_change: bool) -> None:
     """``out`` holds no run, or (with ``resume``) a single-seed cv run with this identity whose results.json
     covers no fold outside ``folds`` (a resume may add folds; rewriting results.json without some would drop
     them from the reported mean)."""
@@ -288,7 +288,7 @@ def _check_run_dir(out: Path, identity: dict, folds: list[int], resume: bool, al
                              f"or choose another --out")
 
 
-def _fold_state(fdir: Path, identity: dict, is_baseline: bool, allow_code_change: bool):
+def fold_state(fdir: Path, identity: dict, is_baseline: bool, allow_code_change: bool):
     """What ``cv --resume`` does with fold directory ``fdir``: ``("reuse", fold result, code change or None)``,
     ``("resume", None, None)`` (continue its last.pt: :func:`percepiano.training.train_fold` checks it) or
     ``("new", None, None)``; raises ``ValueError`` naming what differs for anything else."""

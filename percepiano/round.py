@@ -54,7 +54,7 @@ from .constants import (
     ROUND_MAX_RETRIES,
     SPLIT_SCHEMES,
 )
-from .cv import _check_run_dir, _fold_state, run_cv
+from .cv import check_run_dir, fold_state, run_cv
 from .data import load_dataset
 from .provenance import code_version, data_sha256, fold_identity, run_identity
 from .results import RESULTS, load_results, read_json_object
@@ -153,10 +153,10 @@ def plan_round(spec: RoundSpec, data, root: str | os.PathLike) -> list[CellPlan]
         cdir = root / cell.path
         identity = cell_identity(spec, cell, data)
         try:
-            _check_run_dir(cdir, identity, list(spec.folds), True, spec.allow_code_change)
+            check_run_dir(cdir, identity, list(spec.folds), True, spec.allow_code_change)
             reuse, train = [], []
             for fold in spec.folds:
-                how, _, _ = _fold_state(cdir / f"fold{fold}", fold_identity(identity, fold), False,
+                how, _, _ = fold_state(cdir / f"fold{fold}", fold_identity(identity, fold), False,
                                         spec.allow_code_change)
                 (reuse.append(fold) if how == "reuse" else train.append((fold, how)))
         except ValueError as exc:
@@ -217,7 +217,7 @@ def _start_state(fdir: Path, identity: dict, allow_code_change: bool) -> str:
     killed between the two checkpoint writes of its first epoch leaves: it is removed and the fold started
     again (no epoch of it was recorded)."""
     try:
-        return _fold_state(fdir, identity, False, allow_code_change)[0]
+        return fold_state(fdir, identity, False, allow_code_change)[0]
     except ValueError:
         if existing_run_files(fdir) == [BEST] and load_checkpoint(fdir / BEST).get("identity") == identity:
             (fdir / BEST).unlink()
