@@ -87,6 +87,7 @@ def run_cv(
     allow_code_change: bool = False,
     keep: str = KEEP_ALL,
     command: str | None = None,
+    step_log: bool = False,
 ) -> dict:
     """All folds of ``split`` for a neural preset (``han``, ``bilstm``, ``bilstm_sa``) or a baseline (``mean``,
     ``ridge``); writes ``OUT/fold{k}/...``, ``OUT/results.json`` and ``OUT/results.csv`` and returns the
@@ -96,7 +97,8 @@ def run_cv(
     ``best.pt``) carry this run's identity is reused, one with this run's ``last.pt`` is continued (also to
     more epochs), and any other is refused naming each differing field. ``allow_code_change`` lets the code
     version differ (recorded under ``code_changes``). ``keep="best"`` deletes each fold's ``last.pt`` once it
-    is finished. ``parallel_folds`` > 1 trains that many folds at once in worker processes on the same device
+    is finished. ``step_log`` writes each fold's ``steps.jsonl`` (:func:`percepiano.training.train_fold`).
+    ``parallel_folds`` > 1 trains that many folds at once in worker processes on the same device
     (one GPU is far from saturated by one batch-8 fold); each fold is seeded as in a sequential run, so its
     result does not depend on this setting. ``command`` (the command line) is recorded in results.json.
     """
@@ -106,6 +108,8 @@ def run_cv(
     is_baseline = preset in BASELINES
     if is_baseline:
         _check_baseline_settings(preset, tcfg, model_overrides, keep)
+        if step_log:
+            raise ValueError(f"baseline {preset!r} takes no optimizer steps: step_log does not apply")
         tcfg = TrainConfig()  # only for the valid-loss formula's batch size, which is the original's
         model_cfg, feature_set = None, "full"
         identity = run_identity(preset, split, feature_set, data, _baseline_config(preset), None)
@@ -138,7 +142,7 @@ def run_cv(
         worker_threads = _worker_threads(dev, parallel_folds, len(pending))
         fold_results += _train_folds_in_parallel(
             model_cfg, tcfg, data, split, pending, out, feature_set, dev, parallel_folds, preset, log,
-            allow_code_change, keep,
+            allow_code_change, keep, step_log,
         )
         pending = []
     for fold, resume_fold in pending:
@@ -149,7 +153,7 @@ def run_cv(
             res = train_fold(
                 model_cfg, tcfg, data, split, fold, fdir, feature_set=feature_set, device=dev, resume=resume_fold,
                 progress=progress, log=log, run_info={"preset": preset}, allow_code_change=allow_code_change,
-                keep=keep,
+                keep=keep, step_log=step_log,
             )
         log(fold_summary_line(res))
         fold_results.append(res)
@@ -355,11 +359,12 @@ def _fold_worker(job: dict) -> dict:
         ModelConfig.from_dict(job["model_cfg"]), TrainConfig.from_dict(job["tcfg"]), data, job["split"], job["fold"],
         job["out"], feature_set=job["feature_set"], device=job["device"], resume=job["resume"], progress=False,
         run_info={"preset": job["preset"]}, allow_code_change=job["allow_code_change"], keep=job["keep"],
+        step_log=job["step_log"],
     )
 
 
 def _train_folds_in_parallel(model_cfg, tcfg, data, split, pending, out, feature_set, device, workers, preset, log,
-                             allow_code_change, keep):
+                             allow_code_change, keep, step_log=False):
     import concurrent.futures
     import multiprocessing
 
@@ -371,7 +376,8 @@ def _train_folds_in_parallel(model_cfg, tcfg, data, split, pending, out, feature
     jobs = [
         {"model_cfg": model_cfg.to_dict(), "tcfg": tcfg.to_dict(), "data_path": data.path, "split": split, "fold": f,
          "out": str(out / f"fold{f}"), "feature_set": feature_set, "device": str(device), "resume": resume_fold,
-         "threads": threads, "preset": preset, "allow_code_change": allow_code_change, "keep": keep}
+         "threads": threads, "preset": preset, "allow_code_change": allow_code_change, "keep": keep,
+         "step_log": step_log}
         for f, resume_fold in pending
     ]
     log(f"training folds {folds} in {workers} worker processes on {device}")

@@ -27,6 +27,19 @@ def valid_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def packed_rows(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B,) lengths -> (P,) flat indices into the (B * max_len) note rows of the real notes, in the order of
+    ``pack_sequence(..., enforce_sorted=False).data``: time step by time step, each step's rows by decreasing
+    length (``torch.sort(lengths, descending=True)``, as ``pack_padded_sequence`` sorts them).
+
+    The original embeds that packed data (``note_embedder.NoteEmbedder.forward``); a sum over the notes in this
+    order (the embedder's weight gradient) rounds as the original's does. Reads ``lengths`` on the host.
+    """
+    _, order = torch.sort(lengths, descending=True)  # (B,) rows by decreasing length, ties as torch breaks them
+    step, rank = torch.nonzero(valid_mask(lengths[order], max_len).T, as_tuple=True)  # (P,), (P,): time-major
+    return order[rank] * max_len + step  # (P,)
+
+
 def boundary_flags(indices: torch.Tensor, valid: torch.Tensor, rule: str = "diff_eq_1") -> torch.Tensor:
     """(B, N) bool: True at every real position t >= 1 that starts a new node.
 

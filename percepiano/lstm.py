@@ -127,10 +127,34 @@ def _run_lstm_unpacked(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor,
     return out
 
 
-def run_lstm_packed(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The original's way (pack, run, unpack); kept as the reference that :func:`run_lstm` is tested against."""
+def run_lstm_packed(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor,
+                    dropout_masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """The original's way: pack, run, unpack (``model_utils.py: run_hierarchy_lstm_with_pack``); padded rows 0.
+
+    The reference :func:`run_lstm` is tested against, and the engine of the seed-exact replay
+    (``PercePianoModel.exact_lstm``): on a CPU with one thread its results are the original's to the last bit,
+    because ATen runs the same packed kernels in the same order. ``dropout_masks`` (the padded layout of
+    :func:`run_lstm`) are taken back to the packed rows and multiplied into each layer's packed input, as
+    ATen's multi-layer LSTM drops out the packed data between layers; the layers then run one at a time.
+    """
     packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    hidden, _ = lstm(packed)
+    if dropout_masks is None or lstm.num_layers == 1:
+        hidden, _ = lstm(packed)
+    else:
+        if len(dropout_masks) != lstm.num_layers - 1:
+            raise ValueError(f"dropout_masks: expected {lstm.num_layers - 1} mask(s), got {len(dropout_masks)}")
+        rows = hier.packed_rows(lengths.cpu(), x.shape[1])  # (P,) into the B * N rows, in packed order
+        width = 2 * lstm.hidden_size
+        data = packed.data  # (P, C)
+        state = data.new_zeros(2, int(packed.batch_sizes[0]), lstm.hidden_size)  # (directions, B, H)
+        for layer in range(lstm.num_layers):
+            if layer > 0:
+                data = data * dropout_masks[layer - 1].reshape(-1, width).index_select(0, rows)  # (P, 2H)
+            weights = [getattr(lstm, f"{kind}_l{layer}{suffix}") for suffix in ("", "_reverse")
+                       for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            data = torch._VF.lstm(data, packed.batch_sizes, (state, state), weights, True, 1, 0.0, lstm.training,
+                                  True)[0]  # (P, 2H)
+        hidden = packed._replace(data=data)
     hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=x.shape[1])  # (B, N, 2H)
     return hidden
 

@@ -30,7 +30,7 @@ from . import hierarchy as hier
 from .config import ModelConfig
 from .constants import CONTRACTED_LEVELS, LEVEL_LOCATIONS
 from .layers import ContextAttention
-from .lstm import bilstm, host_shortcuts, run_lstm, run_voice_lstm
+from .lstm import bilstm, host_shortcuts, run_lstm, run_lstm_packed, run_voice_lstm
 
 
 @dataclass
@@ -50,6 +50,10 @@ class PercePianoModel(nn.Module):
         # values on the host: free on a CPU, a sync elsewhere, so they apply to CPU tensors only. Off, a CPU
         # runs what a GPU runs (the tests compare the two paths).
         self.cpu_shortcuts = True
+        # The seed-exact replay's engine: the note, beat and measure BiLSTMs run packed, as the original runs them
+        # (lstm.run_lstm_packed), so that on a CPU with one thread their results are the original's to the last
+        # bit; set by training with rng "original" (training.py). The voice LSTM stays batched.
+        self.exact_lstm = False
         h_note, h_voice, h_beat, h_meas = cfg.note_size, cfg.voice_size, cfg.beat_size, cfg.measure_size
         level = cfg.level
         uses_voice = level in ("voice", "beat", "measure", "total_note_cat")
@@ -104,10 +108,10 @@ class PercePianoModel(nn.Module):
         valid = hier.valid_mask(lengths, x.shape[1])  # (B, N)
         inter: dict[str, torch.Tensor] = {}
 
-        embedded = self.embed(x) * valid[:, :, None].to(x.dtype)  # (B, N, H): the original embeds packed data only
         grouped = host_shortcuts(self.cpu_shortcuts, x)
+        embedded = self._embed_notes(x, lengths, valid, grouped)  # (B, N, H), zero on padding
         masks = dropout_masks
-        note = run_lstm(self.note_lstm, embedded, lengths, grouped, masks and masks.note)  # (B, N, 2H)
+        note = self._lstm(self.note_lstm, embedded, lengths, grouped, masks and masks.note)  # (B, N, 2H)
         inter.update(embedded=embedded, note=note)
 
         if cfg.level == "note":
@@ -141,6 +145,28 @@ class PercePianoModel(nn.Module):
         note_axis = ["embedded", "note", "voice", "beat_weights"] + (["pool_weights"] if cfg.level in CONTRACTED_LEVELS else [])
         return ModelOutput(logits=logits, intermediates=self._pad_notes(inter, note_axis, full_length))
 
+    def _lstm(self, lstm, x, lengths, grouped: bool, masks=None):
+        """A BiLSTM over padded rows: packed as the original (``exact_lstm``, CPU) or by our faster engine."""
+        if self.exact_lstm and x.device.type == "cpu":
+            return run_lstm_packed(lstm, x, lengths, masks)
+        return run_lstm(lstm, x, lengths, grouped, masks)
+
+    def _embed_notes(self, x, lengths, valid, packed: bool):
+        """The embedder on the real notes only, zero on padding (the original embeds packed data).
+
+        ``packed`` (CPU): on the rows in the original's packed order, so that the weight gradient, a sum over
+        notes, rounds as the original's does (the seed-exact replay of the bilstm, whose raw input dims make it
+        large, depends on it). Otherwise every padded row is embedded and masked (no host read, the same
+        values up to rounding; the tests compare the two).
+        """
+        if not packed:
+            return self.embed(x) * valid[:, :, None].to(x.dtype)  # (B, N, H)
+        batch, notes, features = x.shape
+        rows = hier.packed_rows(lengths, notes)  # (P,) into the B * N note rows
+        embedded = self.embed(x.reshape(batch * notes, features).index_select(0, rows))  # (P, H)
+        padded = embedded.new_zeros(batch * notes, embedded.shape[-1]).index_copy(0, rows, embedded)  # (B * N, H)
+        return padded.view(batch, notes, -1)  # (B, N, H)
+
     def _head_with_masks(self, pooled, head_masks):
         """``head`` with the two Dropouts' masks given (``out_fc``: Dropout, Linear, GELU, Dropout, Linear)."""
         if len(head_masks) != 2:
@@ -154,7 +180,7 @@ class PercePianoModel(nn.Module):
         scores = self.beat_attention.similarity(note_voice, valid if grouped else None)  # (B, N, h)
         weights = hier.segment_softmax(scores, nodes.beat, nodes.beats, self.config.attention_temperature)
         pooled = hier.pool_segments(note_voice, weights, nodes.beat, nodes.beats)  # (B, Tb, 4H)
-        beat = run_lstm(self.beat_lstm, pooled, nodes.beats_per_sample, grouped, beat_masks)  # (B, Tb, 2H)
+        beat = self._lstm(self.beat_lstm, pooled, nodes.beats_per_sample, grouped, beat_masks)  # (B, Tb, 2H)
         inter.update(beat_weights=weights, beat_nodes=pooled, beat=beat)
         return beat
 
@@ -165,7 +191,7 @@ class PercePianoModel(nn.Module):
         scores = self.measure_attention.similarity(beat)  # (B, Tb, h)
         weights = hier.segment_softmax(scores, nodes.measure, nodes.measures, self.config.attention_temperature)
         pooled = hier.pool_segments(beat, weights, nodes.measure, nodes.measures)  # (B, Tm, 2H)
-        measure = run_lstm(self.measure_lstm, pooled, nodes.measures_per_sample, grouped)  # (B, Tm, 2H)
+        measure = self._lstm(self.measure_lstm, pooled, nodes.measures_per_sample, grouped)  # (B, Tm, 2H)
         inter.update(measure_weights=weights, measure_nodes=pooled, measure=measure)
         return measure
 
@@ -211,7 +237,7 @@ class PercePianoModel(nn.Module):
             locations[key] = loc[:, :used].long()
         x = x[:, :used]
         if self.validate_inputs:
-            finite = torch.isfinite(x).all(dim=-1)  # (B, N): padding too, since 0 * NaN is NaN after the embedder
+            finite = torch.isfinite(x).all(dim=-1)  # (B, N): padding too, since the masked embedder (GPU) gives 0 * NaN = NaN
             if not bool(finite.all()):
                 row, col = (int(v) for v in torch.nonzero(~finite)[0])
                 raise ValueError(f"x: row {row} position {col} holds a non-finite value (NaN or inf); the output "

@@ -23,6 +23,14 @@ torch with ``th_seed`` and then draws only from torch's global CPU generator:
 Nothing else in the original loop touches an RNG: ``random`` only under key augmentation (off in the
 published runs: ``--no_augment``) and segment slicing (only above 5000 notes), ``numpy.random`` never.
 
+The draws make the run the original's up to rounding. ``--rng original`` (asked for explicitly) also runs
+the note, beat and measure BiLSTMs packed, as the original does (``PercePianoModel.exact_lstm``,
+:func:`percepiano.lstm.run_lstm_packed` with the masks taken back to the packed rows), and the embedder reads
+the packed rows in their order (``hierarchy.packed_rows``): on a CPU with one thread the bilstm's run is then
+the original's to the last bit. The default ``auto`` keeps our faster engine (2-3x faster per bilstm step on a
+CPU); its rounding differs from the original's by about one ulp per operation, which training amplifies
+(README.md, "Seed-exact replay", measures both).
+
 The replay holds on a CPU. On CUDA the original's LSTM dropout is cuDNN's, drawn from another stream, so a GPU
 run of the original is not replayed (nor is it a deterministic function of the seed there).
 """

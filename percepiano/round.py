@@ -58,7 +58,7 @@ from .cv import check_run_dir, fold_state, run_cv
 from .data import load_dataset
 from .provenance import code_version, data_sha256, fold_identity, run_identity
 from .results import RESULTS, load_results, read_json_object
-from .training import BEST, FOLD_RESULT, KEEP_ALL, KEEP_CHOICES, TrainConfig, existing_run_files, train_fold
+from .training import BEST, FOLD_RESULT, KEEP_ALL, KEEP_CHOICES, LOG, TrainConfig, existing_run_files, train_fold
 
 ROUND_JSON = "round.json"
 ROUND_FORMAT = "percepiano.round/1"
@@ -600,3 +600,91 @@ def format_round_table(summary: Mapping) -> str:
         )
     return "\n".join(lines)
 
+
+
+# --------------------------------------------------------------------------------------------- status
+
+
+def round_status(root: str | os.PathLike, request: Mapping | None = None) -> list[dict]:
+    """What a round folder holds now, read from its files (no Ray, no data): one entry per cell and seed
+    (``ROUND/{preset}-{split}/seed{S}/``, those of ``request`` included when they hold nothing yet) with each
+    fold's state: ``done`` (its ``fold_result.json``: test R2, best epoch), ``training`` (epochs logged so far
+    in ``log.jsonl``, of the run's total) or ``pending``; and the finished folds' mean test R2 and fold std
+    (population, as results.json), the published target and the ridge baseline of the split."""
+    from .results import load_targets
+
+    root = Path(root)
+    targets = load_targets()
+    wanted = set()
+    if request is not None:
+        wanted = {(p, s, int(seed)) for p in request["presets"] for s in request["splits"] for seed in request["seeds"]}
+    found = set()
+    for seed_dir in root.glob("*-*/seed*"):
+        preset, _, split = seed_dir.parent.name.partition("-")
+        if seed_dir.is_dir() and seed_dir.name[4:].isdigit():
+            found.add((preset, split, int(seed_dir.name[4:])))
+    folds = [int(f) for f in (request or {}).get("folds", range(N_FOLDS))]
+    epochs = ((request or {}).get("train_config") or {}).get("epochs", TrainConfig().epochs)
+    rows = []
+    for preset, split, seed in sorted(wanted | found):
+        cell_dir = root / Cell(preset, split, seed).path
+        states = {}
+        for fold in sorted(set(folds) | {int(p.name[4:]) for p in cell_dir.glob("fold*") if p.name[4:].isdigit()}):
+            fdir = cell_dir / f"fold{fold}"
+            if (fdir / FOLD_RESULT).is_file():
+                res = read_json_object(fdir / FOLD_RESULT, "fold result")
+                states[fold] = {"state": "done", "test_r2": float(res["test_r2"]), "best_epoch": res.get("best_epoch"),
+                                "epochs": res.get("epochs_trained", epochs)}
+            elif (fdir / LOG).is_file():
+                lines = [ln for ln in (fdir / LOG).read_text().splitlines() if ln.strip()]
+                done = int(json.loads(lines[-1])["epoch"]) if lines else 0
+                states[fold] = {"state": "training", "epochs_done": done, "epochs": epochs}
+            else:
+                states[fold] = {"state": "pending"}
+        r2 = np.array([s["test_r2"] for s in states.values() if s["state"] == "done"], dtype=np.float64)
+        split_targets = (targets.get("targets") or {}).get(split) or {}
+        ridge = (((targets.get("baselines") or {}).get(split) or {}).get("ridge") or {}).get("mean_test_r2")
+        rows.append({"preset": preset, "split": split, "seed": seed, "folds": states,
+                     "n_done": int(r2.size), "mean_test_r2": float(r2.mean()) if r2.size else None,
+                     "fold_std": float(r2.std()) if r2.size else None,
+                     "paper": split_targets.get(preset), "ridge": ridge,
+                     "complete": (cell_dir / RESULTS).is_file()})
+    return rows
+
+
+def format_status_markdown(rows: list[dict]) -> str:
+    """The R2 table of README.md: per cell, the measured mean +- fold std of its finished folds, folds x
+    seeds, the paper's value, ridge on the split and each fold's state."""
+    lines = ["| cell | measured mean test R² ± fold std | folds × seeds | paper | ridge | folds |",
+             "|---|---|---|---|---|---|"]
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["preset"], r["split"]), []).append(r)
+    for (preset, split), seeds in cells.items():
+        done = [r for r in seeds if r["n_done"]]
+        if done:
+            means = [r["mean_test_r2"] for r in done]
+            measured = " / ".join(f"{r['mean_test_r2']:.3f} ± {r['fold_std']:.3f}" for r in done)
+            if len(done) > 1:
+                measured = f"{np.mean(means):.3f} (seeds: {measured})"
+        else:
+            measured = "-"
+        counts = sorted({r["n_done"] for r in seeds})
+        folds_x_seeds = " / ".join(f"{r['n_done']}" for r in seeds) + f" × {len(seeds)}" if len(counts) > 1 else \
+            f"{counts[0]} × {len(seeds)}"
+        states = []
+        for r in seeds:
+            parts = []
+            for fold, s in r["folds"].items():
+                if s["state"] == "done":
+                    parts.append(f"{fold}: {s['test_r2']:.3f} (best epoch {s['best_epoch']})")
+                elif s["state"] == "training":
+                    parts.append(f"{fold}: epoch {s['epochs_done']}/{s['epochs']}")
+                else:
+                    parts.append(f"{fold}: pending")
+            states.append(f"seed {r['seed']}: " + ", ".join(parts))
+        paper = seeds[0]["paper"]
+        ridge = seeds[0]["ridge"]
+        lines.append(f"| `{preset}` {split} | {measured} | {folds_x_seeds} | {'-' if paper is None else f'{paper:.3f}'} | "
+                     f"{'-' if ridge is None else f'{ridge:.3f}'} | {'; '.join(states)} |")
+    return "\n".join(lines)

@@ -24,7 +24,8 @@ continuation but not bitwise the same.
 Random draws (``TrainConfig.rng``): ``"own"`` shuffles with a generator seeded from (seed, epoch) and lets every
 dropout draw from the global generator where our forward needs it; ``"original"`` replays the original's draws
 (:mod:`percepiano.replay`: its initial weights, batch order and every dropout mask), so that on a CPU, with
-the same seed, the run is the original's step for step. ``step_log=True`` writes ``steps.jsonl``: one record per
+the same seed, the run is the original's step for step (with ``"original"`` itself, rather than ``"auto"``,
+also in its LSTM arithmetic: bit for bit where the whole model is packed, as the bilstm). ``step_log=True`` writes ``steps.jsonl``: one record per
 optimizer step (step, epoch, loss, grad_norm before clipping, the lr the step used, the batch's segment ids).
 """
 from __future__ import annotations
@@ -68,8 +69,9 @@ LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
 PREDICTIONS, FOLD_RESULT, STEPS = "test_predictions.npz", "fold_result.json", "steps.jsonl"
 FOLD_FILES = (LAST, BEST, LOG, PREDICTIONS, FOLD_RESULT, STEPS)
 # Random draws of a run (TrainConfig.rng, module docstring): our own plan, or the original's replayed; "auto"
-# replays on a CPU, where the replay is exact and costs under 5 % of a step (README.md, "Seed-exact replay"),
-# and uses our own plan elsewhere (the original's GPU dropout is cuDNN's: nothing to replay there).
+# replays the draws on a CPU, where that costs under 5 % of a step (README.md, "Seed-exact replay"), with our
+# faster LSTM engine, and uses our own plan elsewhere (the original's GPU dropout is cuDNN's: nothing to replay
+# there); "original", asked for, also takes the original's packed LSTM arithmetic (build_training: exact_lstm).
 RNG_AUTO, RNG_OWN, RNG_ORIGINAL = "auto", "own", "original"
 RNG_CHOICES = (RNG_AUTO, RNG_OWN, RNG_ORIGINAL)
 # Training precision (TrainConfig.dtype): the original trains in float32; float64 is for exact comparisons.
@@ -151,14 +153,18 @@ def effective_rng(tcfg: TrainConfig, model_cfg: ModelConfig, device: torch.devic
     return RNG_ORIGINAL if replayable else RNG_OWN
 
 
-def build_training(model_cfg: ModelConfig, tcfg: TrainConfig, device: torch.device | str = "cpu"):
+def build_training(model_cfg: ModelConfig, tcfg: TrainConfig, device: torch.device | str = "cpu",
+                   exact_lstm: bool | None = None):
     """(model, optimizer, scheduler) of a run, as the original's ``main`` and ``train`` make them: seeded and
     initialised (rng "own": our model's construction draws; "original": the original's, replayed), in
-    ``tcfg.dtype``, then Adam and StepLR."""
+    ``tcfg.dtype``, then Adam and StepLR. ``exact_lstm`` (default: rng "original" asked for explicitly, not
+    through "auto"): the model runs its note, beat and measure BiLSTMs packed, as the original does
+    (``PercePianoModel.exact_lstm``; bit-exact on a CPU with one thread, 2-3x slower per step)."""
     if effective_rng(tcfg, model_cfg, device) == RNG_ORIGINAL:
         model = replay.build_model(model_cfg, tcfg.seed, device)
     else:
         model = build_model(model_cfg, tcfg.seed, device)
+    model.exact_lstm = tcfg.rng == RNG_ORIGINAL if exact_lstm is None else bool(exact_lstm)
     model = model.to(DTYPES[tcfg.dtype])
     optimizer = build_optimizer(model, tcfg)
     return model, optimizer, build_scheduler(optimizer, tcfg)
@@ -420,7 +426,9 @@ def train_fold(
             f"feature set {feature_set!r} has {feature_size(feature_set)} dims, model input_size is {model_cfg.input_size}"
         )
     rng = effective_rng(tcfg, model_cfg, device)
-    run = {"split": split, "fold": int(fold), "feature_set": feature_set, **(run_info or {}), "rng": rng}
+    exact_lstm = tcfg.rng == RNG_ORIGINAL  # asked for explicitly: the original's packed LSTM arithmetic too
+    run = {"split": split, "fold": int(fold), "feature_set": feature_set, **(run_info or {}), "rng": rng,
+           "exact_lstm": exact_lstm}
     identity = fold_identity(
         run_identity(run.get("preset"), split, feature_set, data, model_cfg.to_dict(), tcfg.to_dict()), fold
     )
@@ -439,7 +447,7 @@ def train_fold(
     out.mkdir(parents=True, exist_ok=True)
 
     configure_determinism(tcfg.deterministic)
-    model, optimizer, scheduler = build_training(model_cfg, tcfg_run, device)
+    model, optimizer, scheduler = build_training(model_cfg, tcfg_run, device, exact_lstm=exact_lstm)
     history: list[dict] = []
     steps_path = out / STEPS
     start_epoch, best_epoch, best_loss = 0, None, float("inf")

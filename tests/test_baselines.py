@@ -77,7 +77,7 @@ def test_baseline_cv_results_format(ds, tmp_path):
 
 
 @pytest.mark.skipif(not REAL, reason="set PERCEPIANO_DATA to percepiano_vnet_m2pf.npz for real-data tests")
-@pytest.mark.parametrize("split", ["composition", "performer"])
+@pytest.mark.parametrize("split", ["composition", "performer", "work"])
 def test_real_baselines_match_recorded_values(split, tmp_path):
     """The mean and ridge baselines are deterministic: they must reproduce the values recorded in
     percepiano/resources/regression_targets.json (measured with this code, not taken from the paper)."""

@@ -3,6 +3,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.nn.utils.rnn import pack_sequence
 
 from percepiano import hierarchy as hier
 from percepiano.constants import MAX_VOICE
@@ -250,3 +251,16 @@ def test_span_to_notes_inverts_membership():
     for b, row in enumerate(expected_node):
         for t, node in enumerate(row):
             assert torch.equal(spanned[b, t], nodes[b, node] if node is not None else torch.zeros(2, dtype=torch.float64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=9), st.integers(0, 3))
+def test_packed_rows_are_pack_sequence_order(lengths, extra):
+    """The rows the CPU embedder reads, in the order the original's ``pack_sequence(enforce_sorted=False)``
+    lays them out (ties in length included: both sort with ``torch.sort``)."""
+    lengths = torch.tensor(lengths)
+    width = int(lengths.max()) + extra  # padding beyond the longest row too
+    x = torch.arange(len(lengths) * width * 2, dtype=torch.float64).reshape(len(lengths), width, 2)
+    packed = pack_sequence([x[b, : int(n)] for b, n in enumerate(lengths)], enforce_sorted=False)
+    rows = hier.packed_rows(lengths, width)
+    assert torch.equal(x.reshape(-1, 2)[rows], packed.data)

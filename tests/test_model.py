@@ -235,7 +235,8 @@ def test_bad_note_locations_raise_naming_row_and_reason(mutate, message, batch):
 @pytest.mark.parametrize("where, value", [("real note", float("nan")), ("real note", float("inf")),
                                           ("padding", float("nan"))])
 def test_non_finite_inputs_are_refused_naming_the_first_bad_row(batch, where, value):
-    """NaN anywhere in x (padding too: the embedder's 0 * NaN is NaN) gave NaN logits without a word."""
+    """NaN anywhere in x gave NaN logits without a word (in padding too, where the embedder runs on every row:
+    0 * NaN is NaN); refused everywhere, so that the two embedder paths cannot differ on it."""
     x, lengths, loc = batch
     x = x.clone()
     col = 3 if where == "real note" else 7  # row 2 has 5 notes: position 7 is padding within the longest row
@@ -244,7 +245,10 @@ def test_non_finite_inputs_are_refused_naming_the_first_bad_row(batch, where, va
         PercePianoModel(tiny("measure"))(x, lengths, loc)
     model = PercePianoModel(tiny("measure"))
     model.validate_inputs = False  # a training loop on validated data skips the check (and the host sync)
+    model.cpu_shortcuts = False  # every row embedded, as on a GPU
     assert not torch.isfinite(model(x, lengths, loc)).all()
+    model.cpu_shortcuts = True  # the real notes only, in packed order, as the original: padding is never read
+    assert torch.isfinite(model(x, lengths, loc)).all() == (where == "padding")
 
 
 def test_voice_numbers_above_the_maximum_are_refused(batch):

@@ -132,6 +132,46 @@ def test_lstm_masks_replay_the_packed_lstm_dropout(group_by_length, layers):
     assert drawn["note"] == (layers - 1) * int(lengths.sum()) * 8
 
 
+@pytest.mark.parametrize("layers", [2, 3])
+def test_exact_engine_with_masks_is_the_packed_lstm_to_the_last_bit(layers):
+    """The replay's exact engine (``run_lstm_packed`` with the replayed masks, layer by layer on the packed
+    data) is bitwise ``nn.LSTM``'s own packed run with its own dropout: outputs and every weight gradient."""
+    lstm = torch.nn.LSTM(5, 4, layers, batch_first=True, bidirectional=True, dropout=0.3).double().train()
+    lengths = torch.tensor([6, 2, 9, 6, 1, 9])
+    x = torch.randn(6, 9, 5, dtype=torch.float64) * (torch.arange(9) < lengths[:, None])[:, :, None]
+    ref, after = _packed_reference(lstm, x, lengths, seed=5)
+    ref.square().sum().backward()
+    ref_grads = [p.grad.clone() for p in lstm.parameters()]
+    lstm.zero_grad()
+    torch.manual_seed(5)
+    masks = replay._lstm_masks(lengths, 4, layers, 0.3, torch.float64, 9, {}, "note")
+    ours = run_lstm_packed(lstm, x, lengths, masks)
+    ours.square().sum().backward()
+    assert torch.equal(ours, ref) and torch.equal(marker(), after)
+    assert all(torch.equal(p.grad, g) for p, g in zip(lstm.parameters(), ref_grads))
+
+
+def test_only_an_explicit_rng_original_takes_the_exact_engine():
+    """``auto`` replays the draws with our faster engine; ``original`` asked for also takes the original's
+    packed LSTM arithmetic (2-3x slower per step); the two give the same step up to rounding."""
+    cfg = get_preset("bilstm", hidden_size=8)
+    assert [T.build_training(cfg, T.TrainConfig(rng=r))[0].exact_lstm for r in ("auto", "original", "own")] == [
+        False, True, False]
+    batch = to_torch(stack(HAND_MADE, 7, num_labels=3, seed=0, label_scale=60), torch.float64)
+    outputs = []
+    for exact in (False, True):
+        config = tiny("measure", num_labels=3, dropout=0.3, note_layers=2, beat_layers=2)
+        model, _, _ = T.build_training(config, T.TrainConfig(dtype="float64"), exact_lstm=exact)
+        torch.manual_seed(0)
+        masks = replay.draw_step_masks(model.config, batch[1], batch[2], torch.float64)
+        model.train()
+        loss = T.loss_fn(model(*batch[:3], dropout_masks=masks), batch[3])
+        loss.backward()
+        outputs.append([loss.detach()] + [p.grad for p in model.parameters()])
+    for ours, exact in zip(*outputs):
+        assert_close(ours, exact, rtol=1e-12, atol=1e-15)
+
+
 def test_wrong_masks_are_refused():
     lstm = torch.nn.LSTM(5, 4, 2, batch_first=True, bidirectional=True, dropout=0.3)
     x, lengths = torch.randn(2, 3, 5), torch.tensor([3, 2])
@@ -255,10 +295,15 @@ def test_auto_replays_on_a_cpu_only():
 
 def test_replayed_run_is_a_function_of_the_seed_and_resumes_bitwise(ds, tmp_path):
     whole = _train(ds, tmp_path / "whole", rng="original")
-    again = _train(ds, tmp_path / "again")  # auto on a CPU: the same plan
-    assert whole["rng"] == again["rng"] == "original"
+    again = _train(ds, tmp_path / "again", rng="original")
+    auto = _train(ds, tmp_path / "auto")  # auto on a CPU: the same draws, our faster LSTM arithmetic
+    assert whole["rng"] == again["rng"] == auto["rng"] == "original"
     steps = (tmp_path / "whole" / T.STEPS).read_text()
     assert steps == (tmp_path / "again" / T.STEPS).read_text()
+    exact, fast = ([json.loads(line) for line in (tmp_path / d / T.STEPS).read_text().splitlines()]
+                   for d in ("whole", "auto"))
+    assert [r["segment_ids"] for r in fast] == [r["segment_ids"] for r in exact]
+    assert_close([r["loss"] for r in fast], [r["loss"] for r in exact], rtol=1e-5, atol=0)  # float32 rounding
 
     def stop(epoch, record):
         raise KeyboardInterrupt
@@ -335,6 +380,21 @@ def test_cli_rng_dtype_and_step_log(tmp_path, capsys):
         main(args + ["--out", str(tmp_path / "c"), "--dtype", "float16"])
     assert exc.value.code == 2
     assert "argument --dtype: invalid choice: 'float16'" in capsys.readouterr().err
+
+
+def test_cv_step_log_writes_each_folds_steps_as_train_does(tmp_path, capsys):
+    """``cv --step-log``: every fold directory gets the steps.jsonl that ``train --step-log`` writes for it."""
+    data = "tests/data/synthetic_m2pf.npz"
+    common = ["--preset", "bilstm", "--split", "performer", "--data", data, "--epochs", "1", "--hidden-size", "8",
+              "--threads", "1", "--no-progress", "--max-batches", "2", "--step-log"]
+    assert main(["cv", *common, "--folds", "0,2", "--out", str(tmp_path / "cv")]) == 0
+    assert main(["train", *common, "--fold", "2", "--out", str(tmp_path / "train")]) == 0
+    fold2 = [json.loads(line) for line in (tmp_path / "cv" / "fold2" / T.STEPS).read_text().splitlines()]
+    assert fold2 == [json.loads(line) for line in (tmp_path / "train" / T.STEPS).read_text().splitlines()]
+    assert len(fold2) == 2 and len((tmp_path / "cv" / "fold0" / T.STEPS).read_text().splitlines()) == 2
+    assert main(["cv", "--preset", "ridge", "--split", "performer", "--data", data, "--step-log",
+                 "--out", str(tmp_path / "ridge")]) == 2
+    assert "--step-log: the ridge baseline trains nothing" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------- perturbations

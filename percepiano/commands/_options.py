@@ -58,11 +58,19 @@ def add_protocol_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 100, the original)")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True)")
     p.add_argument("--rng", choices=RNG_CHOICES, default=None,
-                   help="random draws: own (default) or original (replay the original's init, batch order and "
-                        "dropout: with the same seed, on a CPU, the original's run step for step)")
+                   help="random draws: original (replay the original's init, batch order and dropout: with the "
+                        "same seed, on a CPU, the original's run step for step), own (our faster plan) or auto "
+                        "(the default: original on a CPU, own on a GPU)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="training precision (default float32, the original's; float64 for exact comparisons)")
     add_small_run_options(p)
+
+
+def add_step_log_option(p: argparse.ArgumentParser) -> None:
+    """``--step-log`` (``train`` and ``cv``): ``steps.jsonl`` in each fold directory."""
+    p.add_argument("--step-log", action="store_true",
+                   help="write steps.jsonl in each fold directory: one record per optimizer step (step, epoch, "
+                        "loss, grad_norm before clipping, lr)")
 
 
 def add_small_run_options(p: argparse.ArgumentParser) -> None:
@@ -108,7 +116,7 @@ def refuse_training_options(args, preset: str, extra: tuple = ()) -> None:
         ("limit_segments", "--limit-segments", None), ("deterministic", "--deterministic", False),
         ("no_epoch_test", "--no-epoch-test", False), ("device", "--device", DEFAULT_DEVICE),
         ("threads", "--threads", None), ("keep", "--keep", KEEP_ALL), ("rng", "--rng", None),
-        ("dtype", "--dtype", None), *extra,
+        ("dtype", "--dtype", None), ("step_log", "--step-log", False), *extra,
     )
     given = [option for field, option, default in training_only if getattr(args, field, default) != default]
     if given:

@@ -4,6 +4,7 @@ or a baseline; with ``--seeds 7,8,9``, one such run per seed in ``OUT/seed7/``, 
     percepiano cv --preset han --split composition --out runs/han_comp          # 4 folds -> results.json
     percepiano cv --preset ridge --split performer --out runs/ridge_perf        # baselines: mean, ridge
     percepiano cv --preset han --split performer --seeds 7,8,9 --out runs/han_perf_seeds
+    percepiano cv --preset bilstm --split performer --step-log --out runs/bilstm_perf   # + foldK/steps.jsonl
 
 ``--data`` defaults to the ``PERCEPIANO_DATA`` environment variable. ``--out`` must not hold another run;
 ``--resume`` continues one only if it is the same run (:func:`percepiano.cv.run_cv`).
@@ -15,6 +16,7 @@ from pathlib import Path
 from ..constants import BASELINES, N_FOLDS
 from ._options import (
     add_run_options,
+    add_step_log_option,
     check_run_options,
     command_line,
     int_list,
@@ -38,6 +40,7 @@ def register(subparsers) -> None:
                    help="train every seed: with more than one, OUT/seed{S}/ per seed and OUT/seeds.json")
     p.add_argument("--parallel-folds", type=int, default=1, metavar="K",
                    help="train K folds at once in worker processes on the same device (results unchanged)")
+    add_step_log_option(p)
     p.set_defaults(func=cmd_cv)
 
 
@@ -61,7 +64,8 @@ def cmd_cv(args) -> int:
     tcfg = None if args.preset in BASELINES else train_config(args)
     kw = dict(model_overrides=model_overrides(args), folds=folds, device=args.device, resume=args.resume,
               progress=not args.no_progress, log=log, parallel_folds=args.parallel_folds,
-              allow_code_change=args.allow_code_change, keep=args.keep, command=command_line(args))
+              allow_code_change=args.allow_code_change, keep=args.keep, command=command_line(args),
+              step_log=args.step_log)
     if seeds is None:
         results = [run_cv(args.preset, args.split, data, args.out, tcfg=tcfg, **kw)]
         written = Path(args.out) / RESULTS

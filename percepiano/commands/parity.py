@@ -176,7 +176,8 @@ def cmd_parity_training(args) -> int:
         man = RC.manifest(fixture_dir)
         print(f"percepiano parity --training: original {man['original']['repo']} @ {man['original']['commit']} "
               f"({'live' if args.upstream else 'recorded'} runs; recorded with torch {man['versions']['torch']}, "
-              f"{man['threads']} thread, {man['device']}); ours replays its random draws (rng 'original')")
+              f"{man['threads']} thread, {man['device']}); ours replays its random draws and its packed LSTM "
+              f"arithmetic (--rng original)")
         report = RC.run_all(data, fixture_dir, steps=args.steps, only=only)
         rows = report.failures if args.failures_only else report.rows
         from reference_parity import compare as C

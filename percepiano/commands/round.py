@@ -4,6 +4,7 @@
     percepiano round --presets han,bilstm,bilstm_sa --splits composition,performer,work --seeds 7,8,9 --out runs/round16
     percepiano round ... --address auto                      # the Ray cluster `ray start` runs on this machine
     percepiano round ... --gpus-per-task 0.25                # 4 folds share each GPU
+    percepiano round --status --out runs/round16             # every cell's folds, as README.md's R2 table
 
 ``ROUND/{preset}-{split}/seed{S}/`` is a ``percepiano cv`` run directory; ``ROUND/round.json`` the summary.
 Rerun the same command to continue: finished folds are reused (same preset, configs, seed, code, data),
@@ -35,12 +36,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("round", help="a debugging round on Ray: presets x splits x seeds x folds -> "
                                             "ROUND/{preset}-{split}/seed{S}/ and ROUND/round.json")
     add_data(p)
-    p.add_argument("--presets", required=True, help=f"comma-separated neural presets ({', '.join(sorted(PRESETS))})")
-    p.add_argument("--splits", required=True, help=f"comma-separated split schemes ({', '.join(SPLIT_SCHEMES)})")
+    p.add_argument("--presets", help=f"comma-separated neural presets ({', '.join(sorted(PRESETS))})")
+    p.add_argument("--splits", help=f"comma-separated split schemes ({', '.join(SPLIT_SCHEMES)})")
     p.add_argument("--seeds", default="7", help="comma-separated seeds (default 7, the original th_seed)")
     p.add_argument("--folds", default=",".join(str(f) for f in range(N_FOLDS)),
                    help=f"comma-separated folds (default all {N_FOLDS})")
     p.add_argument("--out", required=True, type=Path, help="the round folder (ROUND)")
+    p.add_argument("--status", action="store_true",
+                   help="train nothing: print every cell's folds (done with test R2, training at epoch E, pending) "
+                        "as the Markdown R2 table of README.md, from the files in ROUND (no Ray needed)")
     g = p.add_argument_group("Ray")
     g.add_argument("--address", default=None,
                    help="an existing Ray cluster (HOST:PORT, or auto: the one `ray start` runs on this machine); "
@@ -63,6 +67,11 @@ def cmd_round(args) -> int:
     from ..data import resolve_data_path
     from ..round import ROUND_JSON, RoundFailed, RoundSpec, format_round_table, run_round
 
+    if args.status:
+        return _print_status(args)
+    missing = [o for o, v in (("--presets", args.presets), ("--splits", args.splits)) if not v]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)}: required to run a round (only --status goes without)")
     args.resume, args.seed, args.threads = True, None, None  # a round always continues; seeds and threads are its own
     check_run_options(args)
     spec = RoundSpec(
@@ -93,6 +102,27 @@ def cmd_round(args) -> int:
         raise ValueError("Ray is not installed: pip install 'percepiano[round]'") from None
     print(format_round_table(summary))
     print(f"\nwrote {args.out / ROUND_JSON}")
+    return 0
+
+
+def _print_status(args) -> int:
+    """``--status``: the cells asked for (``--presets``/``--splits``/``--seeds``/``--folds``, else the request
+    of ROUND/round.json) and every cell found in ROUND."""
+    from ..config import PRESETS
+    from ..results import read_json_object
+    from ..round import ROUND_JSON, format_status_markdown, round_status
+
+    request = None
+    if args.presets or args.splits:
+        request = {"presets": _names(args.presets or "", "--presets", sorted(PRESETS)),
+                   "splits": _names(args.splits or "", "--splits", SPLIT_SCHEMES),
+                   "seeds": int_list(args.seeds, "--seeds"), "folds": int_list(args.folds, "--folds", range(N_FOLDS)),
+                   "train_config": {"epochs": args.epochs} if args.epochs else {}}
+    elif (args.out / ROUND_JSON).is_file():
+        request = read_json_object(args.out / ROUND_JSON, "round summary").get("request")
+    if not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: no such round folder")
+    print(format_status_markdown(round_status(args.out, request)))
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from ..constants import N_FOLDS
-from ._options import add_run_options, check_run_options, log, model_overrides, train_config
+from ._options import add_run_options, add_step_log_option, check_run_options, log, model_overrides, train_config
 
 
 def register(subparsers) -> None:
@@ -22,9 +22,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train one fold with the original protocol")
     add_run_options(p, sorted(PRESETS))
     p.add_argument("--fold", type=int, required=True, choices=range(N_FOLDS), help=f"fold 0-{N_FOLDS - 1}")
-    p.add_argument("--step-log", action="store_true",
-                   help="write OUT/steps.jsonl: one record per optimizer step (step, epoch, loss, grad_norm before "
-                        "clipping, lr)")
+    add_step_log_option(p)
     p.set_defaults(func=cmd_train)
 
 
