@@ -27,7 +27,7 @@ The draws make the run the original's up to rounding. ``--rng original`` (asked 
 the note, beat and measure BiLSTMs packed, as the original does (``PercePianoModel.exact_lstm``,
 :func:`percepiano.lstm.run_lstm_packed` with the masks taken back to the packed rows), and the embedder reads
 the packed rows in their order (``hierarchy.packed_rows``): on a CPU with one thread the bilstm's run is then
-the original's to the last bit. The default ``auto`` keeps our faster engine (2-3x faster per bilstm step on a
+the original's to the last bit. The default ``auto`` keeps our faster engine (1.7-2.6x faster per step on a
 CPU); its rounding differs from the original's by about one ulp per operation, which training amplifies
 (README.md, "Seed-exact replay", measures both).
 

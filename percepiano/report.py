@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -153,7 +154,13 @@ def find_baseline_runs(runs: Sequence[Run], dirs: Sequence[Path] | None = None) 
     """``mean``/``ridge`` runs of the same splits found next to the given runs (sibling directories; next to
     ``dirs`` instead when given: the seeds directory of a multi-seed round, not its seed folders)."""
     found = sibling_results(dirs if dirs is not None else [r.dir for r in runs], BASELINES, {r.split for r in runs})
-    return [load_run(res["_path"]) for res in found]
+    baselines = []
+    for res in found:
+        try:
+            baselines.append(load_run(res["_path"]))
+        except (OSError, ValueError) as exc:  # a broken sibling is not the report's run: say so and go on
+            warnings.warn(f"baseline run next to the report's runs skipped: {exc}", stacklevel=2)
+    return baselines
 
 
 # ---------------------------------------------------------------------------------------------------------

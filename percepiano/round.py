@@ -688,3 +688,25 @@ def format_status_markdown(rows: list[dict]) -> str:
         lines.append(f"| `{preset}` {split} | {measured} | {folds_x_seeds} | {'-' if paper is None else f'{paper:.3f}'} | "
                      f"{'-' if ridge is None else f'{ridge:.3f}'} | {'; '.join(states)} |")
     return "\n".join(lines)
+
+
+# The small outputs of a round, what a repository may keep of it (checkpoints and predictions stay behind).
+EXPORTED_FILES = (ROUND_JSON, RESULTS, "results.csv", FOLD_RESULT, LOG, "gates.json")
+
+
+def export_results(root: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+    """Copy the small outputs of the round folder ``root`` (:data:`EXPORTED_FILES`, at their relative paths)
+    into ``dest``; returns the files written. Checkpoints and test predictions are never copied."""
+    import shutil
+
+    root, dest = Path(root), Path(dest)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such round folder")
+    written = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name in EXPORTED_FILES:
+            target = dest / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            written.append(target)
+    return written

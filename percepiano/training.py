@@ -159,7 +159,8 @@ def build_training(model_cfg: ModelConfig, tcfg: TrainConfig, device: torch.devi
     initialised (rng "own": our model's construction draws; "original": the original's, replayed), in
     ``tcfg.dtype``, then Adam and StepLR. ``exact_lstm`` (default: rng "original" asked for explicitly, not
     through "auto"): the model runs its note, beat and measure BiLSTMs packed, as the original does
-    (``PercePianoModel.exact_lstm``; bit-exact on a CPU with one thread, 2-3x slower per step)."""
+    (``PercePianoModel.exact_lstm``; bit-exact on a CPU with one thread for the bilstm, 1.7-2.6x slower per
+    step)."""
     if effective_rng(tcfg, model_cfg, device) == RNG_ORIGINAL:
         model = replay.build_model(model_cfg, tcfg.seed, device)
     else:

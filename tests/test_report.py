@@ -108,6 +108,15 @@ def test_report_cli_with_attention_from_a_live_synthetic_run(synthetic_run, tmp_
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 
+def test_a_broken_sibling_baseline_is_skipped_with_a_warning(synthetic_run, tmp_path):
+    root, _ = synthetic_run
+    copy = tmp_path / "runs"
+    shutil.copytree(root, copy)
+    (copy / "ridge" / "fold1" / "test_predictions.npz").write_bytes(b"not an npz")
+    with pytest.warns(UserWarning, match=r"baseline run next to the report's runs skipped: .*test_predictions.npz"):
+        assert rep.find_baseline_runs([rep.load_run(copy / "han")]) == []
+
+
 def test_segment_attention_weights_are_softmaxes_per_span(synthetic_run):
     root, data = synthetic_run
     run = rep.load_run(root / "han")

@@ -27,6 +27,7 @@ from percepiano.round import ROUND_JSON, RoundSpec, plan_round, resolve_resource
 from percepiano.training import TrainConfig
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
+TINY_RUNS = Path(__file__).parent / "data" / "tiny_runs"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -271,6 +272,58 @@ def test_summary_lists_the_pending_seeds(finished_round):
                                    "folds": [0, 1]})
     assert cells["han-performer"]["pending_seeds"] == [9] and cells["han-composition"]["pending_seeds"] == [7, 9]
     assert cells["han-composition"]["seeds"] == {}
+
+
+def _status_round(tmp_path) -> Path:
+    """A round folder as one looks mid-way: a finished cell (4 folds), a cell with one fold done, one fold
+    training (3 epochs logged) and two not begun."""
+    root = tmp_path / "R"
+    shutil.copytree(TINY_RUNS / "han", root / "han-composition" / "seed7")
+    partial = root / "bilstm-performer" / "seed7"
+    shutil.copytree(TINY_RUNS / "han" / "fold1", partial / "fold3")
+    (partial / "fold0").mkdir()
+    (partial / "fold0" / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "valid_loss": 0.1}) + "\n"
+                                                         for e in (1, 2, 3)))
+    return root
+
+
+def test_status_reads_every_cells_folds_without_ray(tmp_path, capsys, monkeypatch):
+    root = _status_round(tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", None)  # no Ray needed, nothing trained
+    assert main(["round", "--status", "--out", str(root), "--presets", "bilstm,han",
+                 "--splits", "performer,composition"]) == 0
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| `")}
+    finished = json.loads((TINY_RUNS / "han" / "results.json").read_text())
+    han = rows["| `han` composition"]
+    assert han[1] == f"{finished['mean_test_r2']:.3f} ± {finished['fold_std']:.3f}" and han[2] == "4 × 1"
+    assert han[3] == "0.397" and han[4] == "0.420"  # the paper's value and ridge on the split
+    assert han[5].startswith("seed 7: 0: ") and "(best epoch 3)" in han[5]
+    bilstm = rows["| `bilstm` performer"]
+    fold1 = finished["folds"][1]["test_r2"]
+    assert bilstm[1] == f"{fold1:.3f} ± 0.000" and bilstm[2] == "1 × 1"
+    assert bilstm[5] == f"seed 7: 0: epoch 3/100, 1: pending, 2: pending, 3: {fold1:.3f} (best epoch 3) |"
+    assert rows["| `han` performer"][1:3] == ["-", "0 × 1"]  # asked for, nothing there yet
+
+
+def test_export_copies_the_small_outputs_only(tmp_path, capsys):
+    root = _status_round(tmp_path)
+    (root / "bilstm-performer" / "seed7" / "fold0" / "last.pt").write_bytes(b"checkpoint")
+    assert main(["round", "--export", str(tmp_path / "published"), "--out", str(root)]) == 0
+    copied = sorted(p.relative_to(tmp_path / "published").as_posix() for p in (tmp_path / "published").rglob("*")
+                    if p.is_file())
+    assert "bilstm-performer/seed7/fold0/log.jsonl" in copied and "han-composition/seed7/results.json" in copied
+    assert not [p for p in copied if p.endswith((".pt", ".npz"))]
+    assert (tmp_path / "published" / "han-composition/seed7/fold2/fold_result.json").read_bytes() == (
+        root / "han-composition/seed7/fold2/fold_result.json").read_bytes()
+    assert f"copied {len(copied)} files" in capsys.readouterr().out
+
+
+def test_status_of_a_missing_round_folder_is_an_error(tmp_path, capsys):
+    assert main(["round", "--status", "--out", str(tmp_path / "none")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["round", "--out", str(tmp_path / "R"), "--presets", "han"]) == 2
+    assert "--splits: required to run a round (only --status goes without)" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------- two nodes

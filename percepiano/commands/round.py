@@ -5,6 +5,7 @@
     percepiano round ... --address auto                      # the Ray cluster `ray start` runs on this machine
     percepiano round ... --gpus-per-task 0.25                # 4 folds share each GPU
     percepiano round --status --out runs/round16             # every cell's folds, as README.md's R2 table
+    percepiano round --export results/round16 --out runs/round16   # its small outputs, to commit (no checkpoints)
 
 ``ROUND/{preset}-{split}/seed{S}/`` is a ``percepiano cv`` run directory; ``ROUND/round.json`` the summary.
 Rerun the same command to continue: finished folds are reused (same preset, configs, seed, code, data),
@@ -42,6 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--folds", default=",".join(str(f) for f in range(N_FOLDS)),
                    help=f"comma-separated folds (default all {N_FOLDS})")
     p.add_argument("--out", required=True, type=Path, help="the round folder (ROUND)")
+    p.add_argument("--export", type=Path, default=None, metavar="DIR",
+                   help="train nothing: copy the round's small outputs (round.json, results.json/.csv, "
+                        "fold_result.json, log.jsonl, gates.json; no checkpoints) into DIR, e.g. to commit them")
     p.add_argument("--status", action="store_true",
                    help="train nothing: print every cell's folds (done with test R2, training at epoch E, pending) "
                         "as the Markdown R2 table of README.md, from the files in ROUND (no Ray needed)")
@@ -67,6 +71,13 @@ def cmd_round(args) -> int:
     from ..data import resolve_data_path
     from ..round import ROUND_JSON, RoundFailed, RoundSpec, format_round_table, run_round
 
+    if args.export is not None:
+        from ..round import export_results
+
+        written = export_results(args.out, args.export)
+        print(f"copied {len(written)} files of {args.out} into {args.export}")
+        if not args.status:
+            return 0
     if args.status:
         return _print_status(args)
     missing = [o for o, v in (("--presets", args.presets), ("--splits", args.splits)) if not v]
