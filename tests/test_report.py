@@ -220,6 +220,12 @@ def test_report_compares_seeds_rounds(tmp_path):
     assert titles[0] == rep.TRAIN_LOSS_MEANING and titles[1] == rep.VALID_LOSS_MEANING
     # 2 rounds x (4 thin fold/seed lines + 1 mean) per panel
     assert len(axes[0].lines) == 10
+    # the command passes the comparison options on, as `percepiano gate` takes them
+    assert main(["report", str(old), str(new), "--out", str(tmp_path / "cli"), "--no-find-baselines",
+                 "--resamples", "200", "--cluster", "segment", "--margin", "0.5"]) == 0
+    md = (tmp_path / "cli" / "report.md").read_text()
+    assert "90 test segments in 90 segment clusters, 200 bootstrap resamples" in md
+    assert "| round16 | round15 | **worse** (exit 1) |" not in md  # a margin of 0.5 tolerates the drop
 
 
 def test_power_curve_figure(tmp_path):

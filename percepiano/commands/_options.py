@@ -66,6 +66,23 @@ def add_protocol_options(p: argparse.ArgumentParser) -> None:
     add_small_run_options(p)
 
 
+def add_comparison_options(p: argparse.ArgumentParser) -> None:
+    """How two rounds are compared (``gate`` and ``report``): the paired cluster bootstrap of
+    :mod:`percepiano.paired` and the margin of :mod:`percepiano.gate`."""
+    from ..gate import DEFAULT_MARGIN
+    from ..paired import BOOTSTRAP_SEED, CLUSTERINGS, DEFAULT_CLUSTERING, DEFAULT_LEVEL, DEFAULT_RESAMPLES
+
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help=f"largest tolerated drop of R2 against a previous round (default {DEFAULT_MARGIN}: below half "
+                   "the smallest gap between two published models on one split)")
+    p.add_argument("--level", type=float, default=DEFAULT_LEVEL, help=f"interval level (default {DEFAULT_LEVEL})")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                   help=f"bootstrap replicates (default {DEFAULT_RESAMPLES}; RNG seed fixed at {BOOTSTRAP_SEED})")
+    p.add_argument("--cluster", default=DEFAULT_CLUSTERING, choices=CLUSTERINGS,
+                   help=f"how test segments are resampled together (default {DEFAULT_CLUSTERING}: the performances "
+                   "of one score excerpt)")
+
+
 def add_step_log_option(p: argparse.ArgumentParser) -> None:
     """``--step-log`` (``train`` and ``cv``): ``steps.jsonl`` in each fold directory."""
     p.add_argument("--step-log", action="store_true",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._options import add_comparison_options
+
 
 def register(sub) -> None:
-    from ..gate import DEFAULT_MARGIN, EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
-    from ..paired import BOOTSTRAP_SEED, CLUSTERINGS, DEFAULT_CLUSTERING, DEFAULT_LEVEL, DEFAULT_RESAMPLES
+    from ..gate import EXIT_FAIL, EXIT_INCONCLUSIVE, EXIT_PASS
 
     p = sub.add_parser(
         "gate",
@@ -28,15 +29,7 @@ def register(sub) -> None:
     p.add_argument("--against", default="targets", metavar="targets|OLD_RUN",
                    help="`targets` (published values, default) or the previous round (run directory, results.json "
                    "or seeds directory)")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                   help=f"largest tolerated drop of R2 against a previous round (default {DEFAULT_MARGIN}: below half "
-                   "the smallest gap between two published models on one split)")
-    p.add_argument("--level", type=float, default=DEFAULT_LEVEL, help=f"interval level (default {DEFAULT_LEVEL})")
-    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
-                   help=f"bootstrap replicates (default {DEFAULT_RESAMPLES}; RNG seed fixed at {BOOTSTRAP_SEED})")
-    p.add_argument("--cluster", default=DEFAULT_CLUSTERING, choices=CLUSTERINGS,
-                   help=f"how test segments are resampled together (default {DEFAULT_CLUSTERING}: the performances "
-                   "of one score excerpt)")
+    add_comparison_options(p)
     p.add_argument("--training-sd", type=float, default=None, metavar="SD",
                    help="for the seeds-needed estimate: the standard deviation of one fold model's test R2 across "
                    "seeds (default: measured from the seeds, else from the per-fold differences)")

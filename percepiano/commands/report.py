@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._options import add_comparison_options
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -21,6 +23,7 @@ def register(sub) -> None:
                    help="dataset for the attention heatmaps (default: $PERCEPIANO_DATA; skipped without one)")
     p.add_argument("--no-find-baselines", action="store_true",
                    help="do not look for mean/ridge runs of the same split next to the given runs")
+    add_comparison_options(p)
     p.set_defaults(func=_report)
 
 
@@ -34,7 +37,8 @@ def _report(args: argparse.Namespace) -> int:
         data = load_dataset(args.data)
     try:
         rep = build_report(args.run_dirs, args.out, segment=args.segment, data=data,
-                           find_baselines=not args.no_find_baselines)
+                           find_baselines=not args.no_find_baselines, margin=args.margin, clustering=args.cluster,
+                           resamples=args.resamples, level=args.level)
     except ImportError as exc:  # matplotlib is an optional extra
         print(f"percepiano report: error: {exc}", file=sys.stderr)
         return 2
