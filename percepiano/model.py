@@ -237,7 +237,8 @@ class PercePianoModel(nn.Module):
             locations[key] = loc[:, :used].long()
         x = x[:, :used]
         if self.validate_inputs:
-            finite = torch.isfinite(x).all(dim=-1)  # (B, N): padding too, since the masked embedder (GPU) gives 0 * NaN = NaN
+            # (B, N): padding too, since the masked embedder (GPU) gives 0 * NaN = NaN
+            finite = torch.isfinite(x).all(dim=-1)
             if not bool(finite.all()):
                 row, col = (int(v) for v in torch.nonzero(~finite)[0])
                 raise ValueError(f"x: row {row} position {col} holds a non-finite value (NaN or inf); the output "

@@ -685,8 +685,10 @@ def format_status_markdown(rows: list[dict]) -> str:
             states.append(f"seed {r['seed']}: " + ", ".join(parts))
         paper = seeds[0]["paper"]
         ridge = seeds[0]["ridge"]
-        lines.append(f"| `{preset}` {split} | {measured} | {folds_x_seeds} | {'-' if paper is None else f'{paper:.3f}'} | "
-                     f"{'-' if ridge is None else f'{ridge:.3f}'} | {'; '.join(states)} |")
+        paper_text = "-" if paper is None else f"{paper:.3f}"
+        ridge_text = "-" if ridge is None else f"{ridge:.3f}"
+        lines.append(f"| `{preset}` {split} | {measured} | {folds_x_seeds} | {paper_text} | {ridge_text} | "
+                     f"{'; '.join(states)} |")
     return "\n".join(lines)
 
 

@@ -25,8 +25,9 @@ Random draws (``TrainConfig.rng``): ``"own"`` shuffles with a generator seeded f
 dropout draw from the global generator where our forward needs it; ``"original"`` replays the original's draws
 (:mod:`percepiano.replay`: its initial weights, batch order and every dropout mask), so that on a CPU, with
 the same seed, the run is the original's step for step (with ``"original"`` itself, rather than ``"auto"``,
-also in its LSTM arithmetic: bit for bit where the whole model is packed, as the bilstm). ``step_log=True`` writes ``steps.jsonl``: one record per
-optimizer step (step, epoch, loss, grad_norm before clipping, the lr the step used, the batch's segment ids).
+also in its LSTM arithmetic: bit for bit where the whole model is packed, as the bilstm). ``step_log=True``
+writes ``steps.jsonl``: one record per optimizer step (step, epoch, loss, grad_norm before clipping, the lr the
+step used, the batch's segment ids).
 """
 from __future__ import annotations
 
