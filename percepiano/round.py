@@ -664,7 +664,8 @@ def format_status_markdown(rows: list[dict]) -> str:
         done = [r for r in seeds if r["n_done"]]
         if done:
             means = [r["mean_test_r2"] for r in done]
-            measured = " / ".join(f"{r['mean_test_r2']:.3f} ± {r['fold_std']:.3f}" for r in done)
+            measured = " / ".join(f"{r['mean_test_r2']:.3f} ± {r['fold_std']:.3f}" if r["n_done"] > 1
+                                  else f"{r['mean_test_r2']:.3f} (one fold)" for r in done)
             if len(done) > 1:
                 measured = f"{np.mean(means):.3f} (seeds: {measured})"
         else:
@@ -698,17 +699,21 @@ EXPORTED_FILES = (ROUND_JSON, RESULTS, "results.csv", FOLD_RESULT, LOG, "gates.j
 
 def export_results(root: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
     """Copy the small outputs of the round folder ``root`` (:data:`EXPORTED_FILES`, at their relative paths)
-    into ``dest``; returns the files written. Checkpoints and test predictions are never copied."""
-    import shutil
-
+    into ``dest``; returns the files written. Checkpoints and test predictions are never copied. The round
+    folder's own path, which the recorded command lines hold (``--out``), is written ``ROUND``: published
+    outputs name no path of the machine that ran them."""
     root, dest = Path(root), Path(dest)
     if not root.is_dir():
         raise ValueError(f"{root}: no such round folder")
+    spellings = sorted({str(root), str(root.resolve()), str(root.absolute())}, key=len, reverse=True)
     written = []
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.name in EXPORTED_FILES:
+            text = path.read_text()
+            for spelling in spellings:
+                text = text.replace(spelling, "ROUND")
             target = dest / path.relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
+            target.write_text(text)
             written.append(target)
     return written

@@ -301,7 +301,7 @@ def test_status_reads_every_cells_folds_without_ray(tmp_path, capsys, monkeypatc
     assert han[5].startswith("seed 7: 0: ") and "(best epoch 3)" in han[5]
     bilstm = rows["| `bilstm` performer"]
     fold1 = finished["folds"][1]["test_r2"]
-    assert bilstm[1] == f"{fold1:.3f} ± 0.000" and bilstm[2] == "1 × 1"
+    assert bilstm[1] == f"{fold1:.3f} (one fold)" and bilstm[2] == "1 × 1"
     assert bilstm[5] == f"seed 7: 0: epoch 3/100, 1: pending, 2: pending, 3: {fold1:.3f} (best epoch 3) |"
     assert rows["| `han` performer"][1:3] == ["-", "0 × 1"]  # asked for, nothing there yet
 
@@ -317,6 +317,19 @@ def test_export_copies_the_small_outputs_only(tmp_path, capsys):
     assert (tmp_path / "published" / "han-composition/seed7/fold2/fold_result.json").read_bytes() == (
         root / "han-composition/seed7/fold2/fold_result.json").read_bytes()
     assert f"copied {len(copied)} files" in capsys.readouterr().out
+
+
+def test_export_writes_the_round_folder_as_ROUND(tmp_path):
+    """The command lines a round records hold its --out path: the published copy names no machine path."""
+    root = _status_round(tmp_path)
+    command = f"percepiano round --presets han --splits composition --out {root.resolve()}"
+    (root / ROUND_JSON).write_text(json.dumps({"request": {}, "invocations": [{"command": command}]}))
+    from percepiano.round import export_results
+
+    export_results(root, tmp_path / "published")
+    published = json.loads((tmp_path / "published" / ROUND_JSON).read_text())
+    assert published["invocations"][0]["command"] == "percepiano round --presets han --splits composition --out ROUND"
+    assert str(tmp_path) not in "".join(p.read_text() for p in (tmp_path / "published").rglob("*") if p.is_file())
 
 
 def test_status_of_a_missing_round_folder_is_an_error(tmp_path, capsys):
