@@ -85,6 +85,7 @@ def run_cv(
     log: Callable[[str], None] | None = None,
     parallel_folds: int = 1,
     allow_code_change: bool = False,
+    reuse_without_checkpoint: bool = False,
     keep: str = KEEP_ALL,
     command: str | None = None,
     step_log: bool = False,
@@ -96,7 +97,10 @@ def run_cv(
     ``OUT`` must not hold a run unless ``resume``; with ``resume``, a fold whose ``fold_result.json`` (and
     ``best.pt``) carry this run's identity is reused, one with this run's ``last.pt`` is continued (also to
     more epochs), and any other is refused naming each differing field. ``allow_code_change`` lets the code
-    version differ (recorded under ``code_changes``). ``keep="best"`` deletes each fold's ``last.pt`` once it
+    version differ (recorded under ``code_changes``). ``reuse_without_checkpoint`` also reuses finished folds that kept only
+    their small outputs (no ``best.pt``; :func:`fold_state`), listed in results.json's
+    ``folds_without_checkpoint``: their numbers stand, but ``report`` and the paired gate, which read each fold's
+    checkpoint or test predictions, cannot use them. ``keep="best"`` deletes each fold's ``last.pt`` once it
     is finished. ``step_log`` writes each fold's ``steps.jsonl`` (:func:`percepiano.training.train_fold`).
     ``parallel_folds`` > 1 trains that many folds at once in worker processes on the same device
     (one GPU is far from saturated by one batch-8 fold); each fold is seeded as in a sequential run, so its
@@ -123,12 +127,14 @@ def run_cv(
     check_run_dir(out, identity, folds, resume, allow_code_change)
     out.mkdir(parents=True, exist_ok=True)
 
-    fold_results, pending, code_changes = [], [], []
+    fold_results, pending, code_changes, without_checkpoint = [], [], [], []
     for fold in folds:
         how, saved, change = fold_state(out / f"fold{fold}", fold_identity(identity, fold), is_baseline,
-                                         allow_code_change) if resume else ("new", None, None)
+                                         allow_code_change, reuse_without_checkpoint) if resume else ("new", None, None)
         if how == "reuse":
             fold_results.append(saved)
+            if not is_baseline and not (out / f"fold{fold}" / BEST).is_file():
+                without_checkpoint.append(fold)
             log(f"already finished, reused: {fold_summary_line(saved)}")
             if keep != KEEP_ALL and (out / f"fold{fold}" / LAST).is_file():
                 (out / f"fold{fold}" / LAST).unlink()  # what --keep asks of every finished fold
@@ -196,6 +202,7 @@ def run_cv(
                                    and len(fold_results) == N_FOLDS) else "modified",
         "identity": identity,
         "code_changes": code_changes,  # folds reused or continued under another code version (--allow-code-change)
+        "folds_without_checkpoint": sorted(without_checkpoint),  # reused from fold_result.json alone (no best.pt)
         "command": command,
         "threads": threads,  # torch.get_num_threads() of the process that ran the folds (or started the workers)
         "threads_per_worker": worker_threads,
@@ -292,10 +299,15 @@ def check_run_dir(out: Path, identity: dict, folds: list[int], resume: bool, all
                              f"or choose another --out")
 
 
-def fold_state(fdir: Path, identity: dict, is_baseline: bool, allow_code_change: bool):
+def fold_state(fdir: Path, identity: dict, is_baseline: bool, allow_code_change: bool,
+               without_checkpoint: bool = False):
     """What ``cv --resume`` does with fold directory ``fdir``: ``("reuse", fold result, code change or None)``,
     ``("resume", None, None)`` (continue its last.pt: :func:`percepiano.training.train_fold` checks it) or
-    ``("new", None, None)``; raises ``ValueError`` naming what differs for anything else."""
+    ``("new", None, None)``; raises ``ValueError`` naming what differs for anything else.
+
+    A finished fold is reused with its ``best.pt`` (whose identity must be the result's). ``without_checkpoint``
+    also reuses a finished fold that has only its small outputs (``fold_result.json``, ``log.jsonl``: a round
+    restored from ``round --export`` on another machine): its identity is checked all the same."""
     result_path, last_path, best_path = fdir / FOLD_RESULT, fdir / LAST, fdir / BEST
     if result_path.is_file():
         saved = read_json_object(result_path, "fold result")
@@ -306,7 +318,11 @@ def fold_state(fdir: Path, identity: dict, is_baseline: bool, allow_code_change:
             return "resume", None, None  # finished at fewer epochs: train on from last.pt
         if not is_baseline:
             if not best_path.is_file():
-                raise ValueError(f"{fdir}: {FOLD_RESULT} without {BEST}: cannot reuse the fold; remove it to train again")
+                if without_checkpoint:
+                    return "reuse", saved, change
+                raise ValueError(f"{fdir}: {FOLD_RESULT} without {BEST}: cannot reuse the fold; remove it to train "
+                                 f"again, or pass --reuse-without-checkpoint to reuse its recorded result (a run "
+                                 f"restored from its small outputs, e.g. `percepiano round --export`)")
             if load_checkpoint(best_path).get("identity") != saved["identity"]:
                 raise ValueError(f"{best_path}: not the checkpoint of {result_path} (their identities differ); "
                                  f"cannot reuse the fold")

@@ -77,6 +77,7 @@ class RoundSpec:
     model_overrides: Mapping = dataclasses.field(default_factory=dict)
     keep: str = KEEP_ALL
     allow_code_change: bool = False
+    reuse_without_checkpoint: bool = False  # reuse finished folds that kept only fold_result.json (restored)
 
     def __post_init__(self):
         def distinct(name, values, allowed=None):
@@ -157,7 +158,7 @@ def plan_round(spec: RoundSpec, data, root: str | os.PathLike) -> list[CellPlan]
             reuse, train = [], []
             for fold in spec.folds:
                 how, _, _ = fold_state(cdir / f"fold{fold}", fold_identity(identity, fold), False,
-                                        spec.allow_code_change)
+                                        spec.allow_code_change, spec.reuse_without_checkpoint)
                 (reuse.append(fold) if how == "reuse" else train.append((fold, how)))
         except ValueError as exc:
             refused.append(f"{cell.path}: {exc}")
@@ -211,13 +212,13 @@ def _where() -> dict:
     return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _start_state(fdir: Path, identity: dict, allow_code_change: bool) -> str:
+def _start_state(fdir: Path, identity: dict, allow_code_change: bool, without_checkpoint: bool) -> str:
     """What a fold task does with its directory now ("reuse", "resume", "new"): the plan's check again, since a
     retried task finds what its killed attempt left. A lone ``best.pt`` of this very fold is what an attempt
     killed between the two checkpoint writes of its first epoch leaves: it is removed and the fold started
     again (no epoch of it was recorded)."""
     try:
-        return fold_state(fdir, identity, False, allow_code_change)[0]
+        return fold_state(fdir, identity, False, allow_code_change, without_checkpoint)[0]
     except ValueError:
         if existing_run_files(fdir) == [BEST] and load_checkpoint(fdir / BEST).get("identity") == identity:
             (fdir / BEST).unlink()
@@ -235,7 +236,7 @@ def train_task(job: Mapping) -> dict:
     identity = fold_identity(run_identity(job["preset"], job["split"], job["feature_set"], data,
                                           model_cfg.to_dict(), tcfg.to_dict()), job["fold"])
     fdir = Path(job["dir"])
-    how = _start_state(fdir, identity, job["allow_code_change"])
+    how = _start_state(fdir, identity, job["allow_code_change"], job["reuse_without_checkpoint"])
     key = f"{job['cell']} fold {job['fold']}"
     log = _task_log(key)
     if how == "reuse":  # an earlier attempt finished it and died before returning
@@ -267,7 +268,7 @@ def cell_task(job: Mapping) -> dict:
         job["preset"], job["split"], data, job["dir"], tcfg=TrainConfig.from_dict(job["train_config"]),
         model_overrides=job["model_overrides"], folds=job["folds"], device=job["device"], resume=True,
         progress=False, log=_task_log(job["cell"]), allow_code_change=job["allow_code_change"], keep=job["keep"],
-        command=job["command"],
+        reuse_without_checkpoint=job["reuse_without_checkpoint"], command=job["command"],
     )
     return {"kind": "cell", "cell": job["cell"], "mean_test_r2": res["mean_test_r2"], "fold_std": res["fold_std"],
             "device": res["device"], "wall_seconds": time.perf_counter() - t0, **_where()}
@@ -385,6 +386,7 @@ def run_round(
         remote_fold, remote_cell = ray.remote(train_task), ray.remote(cell_task)
         common = {"data_path": str(data_path), "code": code_version(), "data_sha256": data_sha256(data),
                   "device": res.device, "threads": res.threads, "allow_code_change": spec.allow_code_change,
+                  "reuse_without_checkpoint": spec.reuse_without_checkpoint,
                   "keep": spec.keep, "command": command, "on_epoch_end": on_epoch_end}
 
         def submit_cell(plan: CellPlan):
@@ -436,7 +438,7 @@ def _cell_fields(common: Mapping, spec: RoundSpec, plan: CellPlan) -> dict:
     """What every task of a cell is given: the driver's code, dataset and resources, and the cell's run."""
     c = plan.cell
     fields = {k: common[k] for k in ("data_path", "code", "data_sha256", "device", "threads", "allow_code_change",
-                                     "keep")}
+                                     "reuse_without_checkpoint", "keep")}
     return {**fields, "cell": c.path, "preset": c.preset, "split": c.split,
             "train_config": spec.tcfg(c.seed).to_dict()}
 

@@ -154,6 +154,30 @@ def test_reuse_under_another_code_version_is_recorded(cv, tmp_path, monkeypatch)
     assert res["identity"]["code"] == new and res["folds"][0]["identity"]["code"] == old
 
 
+def test_a_run_restored_from_its_small_outputs_is_reused_only_when_asked(cv, tmp_path):
+    """A run copied to another machine without its checkpoints and predictions (what `round --export` keeps):
+    `--resume` refuses its folds and names the option; with `--reuse-without-checkpoint` they are reused, their
+    numbers unchanged, and results.json lists them."""
+    import shutil
+
+    out, restored = tmp_path / "run", tmp_path / "restored"
+    assert cv(out, "--folds", "0,1")[0] == 0
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".jsonl"):
+            (restored / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, restored / path.relative_to(out))
+    code, err = cv(restored, "--folds", "0,1", "--resume")
+    assert code == 2 and "fold_result.json without best.pt" in err and "--reuse-without-checkpoint" in err
+    code, err = cv(restored, "--folds", "0,1", "--resume", "--reuse-without-checkpoint")
+    assert code == 0, err
+    assert err.count("already finished, reused") == 2 and not (restored / "fold0" / "best.pt").exists()
+    again, first = _results(restored), _results(out)
+    assert again["folds_without_checkpoint"] == [0, 1] and first["folds_without_checkpoint"] == []
+    assert [{k: v for k, v in f.items() if k != "dir"} for f in again["folds"]] == [
+        {k: v for k, v in f.items() if k != "dir"} for f in first["folds"]]
+    assert again["mean_test_r2"] == first["mean_test_r2"]
+
+
 def test_results_record_command_threads_and_csv(cv, tmp_path):
     out = tmp_path / "run"
     assert cv(out, "--folds", "0,2")[0] == 0
@@ -235,6 +259,7 @@ def test_seeds_and_single_runs_do_not_mix(cv, tmp_path):
     (["--seeds", "7,x"], "bilstm", "--seeds: expected distinct comma-separated integers, got '7,x'"),
     (["--seeds", "7,8", "--seed", "7"], "bilstm", "--seed and --seeds: give one of them"),
     (["--allow-code-change"], "bilstm", "--allow-code-change only applies with --resume"),
+    (["--reuse-without-checkpoint"], "bilstm", "--reuse-without-checkpoint only applies with --resume"),
     (["--epochs", "0"], "bilstm", "--epochs: expected an integer >= 1, got 0"),
     (["--epochs", "3"], "ridge", "--epochs: the ridge baseline trains nothing and would ignore it"),
     (["--lr", "1e-3", "--max-batches", "2"], "mean", "--lr, --max-batches: the mean baseline trains nothing"),

@@ -162,6 +162,31 @@ def test_a_fold_of_another_code_version_is_refused(finished_round, tmp_path):
         plan_round(spec(), load_dataset(DATA), copy)
 
 
+def test_a_round_restored_from_its_export_reuses_its_finished_folds(finished_round, tmp_path):
+    """The round's machine is gone; its exported small outputs are all that is left, one fold of them lost
+    too: the restored round refuses to reuse folds without checkpoints unless asked, then trains only the
+    lost fold, bitwise as the first time (CPU), and lists the reused folds under folds_without_checkpoint."""
+    from percepiano.round import export_results
+
+    root, _ = finished_round
+    restored = tmp_path / "R"
+    export_results(root, restored)
+    cell = "bilstm-performer/seed7"
+    shutil.rmtree(restored / cell / "fold1")
+    one_cell = dict(presets=("bilstm",), seeds=(7,))
+    with pytest.raises(ValueError, match=r"(?s)bilstm-performer/seed7: .*fold0: fold_result.json without best.pt.*"
+                                         r"--reuse-without-checkpoint"):
+        plan_round(spec(**one_cell), load_dataset(DATA), restored)
+    summary = run_round(spec(**one_cell, reuse_without_checkpoint=True), DATA, restored, threads_per_task=1,
+                        gpus_per_task=0)
+    assert [(t["fold"], t["how"]) for t in summary["invocations"][-1]["tasks"] if t["kind"] == "fold"] == [(1, "new")]
+    assert fold_numbers(restored / cell / "fold1") == fold_numbers(root / cell / "fold1")
+    again, first = (json.loads((r / cell / "results.json").read_text()) for r in (restored, root))
+    assert again["folds_without_checkpoint"] == [0] and first["folds_without_checkpoint"] == []
+    assert again["mean_test_r2"] == first["mean_test_r2"]
+    assert len(summary["invocations"]) == len(json.loads((root / ROUND_JSON).read_text())["invocations"]) + 1
+
+
 def test_a_cell_started_by_cv_is_adopted(local_ray, tmp_path, capsys):
     root = tmp_path / "R"
     cell = root / "bilstm-performer" / "seed7"

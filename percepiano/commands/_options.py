@@ -51,6 +51,15 @@ def add_reuse_options(p: argparse.ArgumentParser) -> None:
                         "3x the size of best.pt, is deleted; the fold is still reused by --resume)")
 
 
+def add_reuse_without_checkpoint_option(p: argparse.ArgumentParser) -> None:
+    """``--reuse-without-checkpoint`` (``cv`` and ``round``): folds restored from their small outputs."""
+    p.add_argument("--reuse-without-checkpoint", action="store_true",
+                   help="also reuse finished folds that kept only their small outputs (fold_result.json, no best.pt: "
+                        "a run restored from `percepiano round --export` on another machine); their identity is "
+                        "checked as usual and results.json lists them under folds_without_checkpoint (report and "
+                        "the paired gate cannot read them)")
+
+
 def add_protocol_options(p: argparse.ArgumentParser) -> None:
     """The options :func:`train_config` and :func:`model_overrides` read (``train``, ``cv``, ``round``)."""
     from ..training import DTYPES, RNG_CHOICES
@@ -120,6 +129,8 @@ def check_run_options(args) -> None:
             break
     if args.allow_code_change and not args.resume:
         raise ValueError("--allow-code-change only applies with --resume")
+    if getattr(args, "reuse_without_checkpoint", False) and not args.resume:
+        raise ValueError("--reuse-without-checkpoint only applies with --resume")
 
 
 def refuse_training_options(args, preset: str, extra: tuple = ()) -> None:

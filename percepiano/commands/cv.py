@@ -16,6 +16,7 @@ from pathlib import Path
 from ..constants import BASELINES, N_FOLDS
 from ._options import (
     add_run_options,
+    add_reuse_without_checkpoint_option,
     add_step_log_option,
     check_run_options,
     command_line,
@@ -41,6 +42,7 @@ def register(subparsers) -> None:
     p.add_argument("--parallel-folds", type=int, default=1, metavar="K",
                    help="train K folds at once in worker processes on the same device (results unchanged)")
     add_step_log_option(p)
+    add_reuse_without_checkpoint_option(p)
     p.set_defaults(func=cmd_cv)
 
 
@@ -64,7 +66,8 @@ def cmd_cv(args) -> int:
     tcfg = None if args.preset in BASELINES else train_config(args)
     kw = dict(model_overrides=model_overrides(args), folds=folds, device=args.device, resume=args.resume,
               progress=not args.no_progress, log=log, parallel_folds=args.parallel_folds,
-              allow_code_change=args.allow_code_change, keep=args.keep, command=command_line(args),
+              allow_code_change=args.allow_code_change, reuse_without_checkpoint=args.reuse_without_checkpoint,
+              keep=args.keep, command=command_line(args),
               step_log=args.step_log)
     if seeds is None:
         results = [run_cv(args.preset, args.split, data, args.out, tcfg=tcfg, **kw)]

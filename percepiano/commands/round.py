@@ -9,7 +9,8 @@
 
 ``ROUND/{preset}-{split}/seed{S}/`` is a ``percepiano cv`` run directory; ``ROUND/round.json`` the summary.
 Rerun the same command to continue: finished folds are reused (same preset, configs, seed, code, data),
-others continue from their ``last.pt``; anything else is refused before a task starts. Needs
+others continue from their ``last.pt``; anything else is refused before a task starts. A round restored from
+its exported small outputs on another machine reuses its finished folds with ``--reuse-without-checkpoint``. Needs
 ``pip install 'percepiano[round]'``.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ._options import (
     add_data,
     add_protocol_options,
     add_reuse_options,
+    add_reuse_without_checkpoint_option,
     check_run_options,
     command_line,
     int_list,
@@ -62,6 +64,7 @@ def register(subparsers) -> None:
     g.add_argument("--max-retries", type=int, default=None,
                    help="restarts of a task whose worker died, each from the fold's last.pt (default 3)")
     add_reuse_options(p)
+    add_reuse_without_checkpoint_option(p)
     add_protocol_options(p)
     p.set_defaults(func=cmd_round)
 
@@ -94,6 +97,7 @@ def cmd_round(args) -> int:
         model_overrides=model_overrides(args),
         keep=args.keep,
         allow_code_change=args.allow_code_change,
+        reuse_without_checkpoint=args.reuse_without_checkpoint,
     )
     try:
         summary = run_round(
