@@ -43,7 +43,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import hierarchy as hier
 from .config import ModelConfig
@@ -191,13 +190,14 @@ def dropout_noise(shape, p: float, dtype: torch.dtype) -> torch.Tensor:
 
 def packed_to_padded(rows: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
     """Rows laid out as ``pack_padded_sequence(..., enforce_sorted=False)`` packs sequences of ``lengths``
-    (time-major, longest first) -> (B, width, C), zero past each length; torch's own pack/unpack, so ties in
-    the length sort resolve as in the original."""
+    (time-major, longest first) -> (B, width, C), zero past each length. The layout is
+    :func:`percepiano.hierarchy.packed_rows`' (the one the exact LSTM engine reads back), whose length sort
+    breaks ties as torch's packing does."""
     lengths = torch.as_tensor(lengths, dtype=torch.int64)
-    layout = pack_padded_sequence(torch.zeros(len(lengths), int(lengths.max()), 1), lengths, batch_first=True,
-                                  enforce_sorted=False)
-    packed = PackedSequence(rows, layout.batch_sizes, layout.sorted_indices, layout.unsorted_indices)
-    return pad_packed_sequence(packed, batch_first=True, total_length=width)[0]
+    batch, channels = len(lengths), rows.shape[1]
+    padded = rows.new_zeros(batch * width, channels)  # (B * width, C)
+    padded.index_copy_(0, hier.packed_rows(lengths, width), rows)
+    return padded.view(batch, width, channels)  # (B, width, C)
 
 
 def _lstm_masks(lengths: torch.Tensor, hidden: int, layers: int, p: float, dtype, width: int,

@@ -13,8 +13,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiny import HAND_MADE, tiny
-from torch.nn.utils.rnn import pad_sequence
+from torch.nn.utils.rnn import pack_sequence, pad_sequence
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
@@ -114,6 +116,19 @@ def _packed_reference(lstm, x, lengths, seed):
     torch.manual_seed(seed)
     out = run_lstm_packed(lstm, x, lengths)  # nn.LSTM on a PackedSequence: ATen's packed path, as the original
     return out, marker()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=9), st.integers(0, 3))
+def test_packed_to_padded_inverts_pack_sequence(lengths, extra):
+    """Masks drawn on packed rows land where ``pack_sequence(enforce_sorted=False)`` took each row from (ties
+    in length included), zero in the padding."""
+    lengths = torch.tensor(lengths)
+    width = int(lengths.max()) + extra
+    valid = torch.arange(width)[None, :] < lengths[:, None]  # (B, width)
+    x = torch.randn(len(lengths), width, 3, dtype=torch.float64) * valid[..., None]  # (B, width, 3)
+    packed = pack_sequence([x[b, : int(n)] for b, n in enumerate(lengths)], enforce_sorted=False)
+    assert torch.equal(replay.packed_to_padded(packed.data, lengths, width), x)
 
 
 @pytest.mark.parametrize("group_by_length", [False, True])
