@@ -95,3 +95,28 @@ ROUND_CPU_THREADS_PER_TASK = 1
 ROUND_GPUS_PER_TASK = 0.25
 # How many times Ray restarts a task whose worker died (killed, out of memory, node lost); it resumes from last.pt.
 ROUND_MAX_RETRIES = 3
+
+# ------------------------------------------------------------------ comparisons (``gate``, ``report``; ours)
+# Allowed shortfall below a published target when neither --tolerance nor the targets file gives one.
+DEFAULT_TOLERANCE = 0.02
+# The largest drop of mean test R² a round may show and still be "not worse" than the previous one. The smallest
+# gap between two published models on one split is 0.049 (performer: han 0.285, bilstm 0.236); a margin below
+# half of it means a round judged not worse cannot have lost what separates two published models. Test-segment
+# noise alone allows it: on the performer split a single seed's minimum detectable effect is about 0.011
+# (docs/debugging_rounds.md#the-margin).
+DEFAULT_MARGIN = 0.02
+# The baseline a run must beat (the stronger of BASELINES).
+BASELINE_PRESET = "ridge"
+# How test segments are grouped for the bootstrap (docs/debugging_rounds.md#clusters):
+# excerpt: the performances of one score excerpt (the unit the composition split holds out);
+# performer: one player of one composer (the unit the performer split holds out; only 4 in its test set);
+# excerpt+performer: both at once, crossed (each replicate draws excerpts and performers independently and a
+#   segment's weight is the product of its two counts; conservative);
+# segment: no clustering (independent segments; too narrow when segments are correlated).
+CLUSTERINGS = ("excerpt", "performer", "excerpt+performer", "segment")
+DEFAULT_CLUSTERING = "excerpt"
+DEFAULT_RESAMPLES = 2000  # replicates: percentile bounds at 0.95 move by about 0.1 SE between RNG seeds
+DEFAULT_LEVEL = 0.95  # two-sided interval level
+BOOTSTRAP_SEED = 0  # fixed, so that the same inputs always give the same interval and verdict
+POWER = 0.8  # the power of the planning figures (minimum detectable effect, seeds needed)
+MAX_PLANNED_SEEDS = 1000  # seeds_needed answers "more than this" beyond it

@@ -7,7 +7,7 @@ clusters (``--cluster``, default ``excerpt``) and, for rounds of several seeds, 
 (docs/debugging_rounds.md#the-verdict):
 
 - **not worse** (exit :data:`EXIT_PASS`, 0): the interval excludes every drop larger than ``--margin``
-  (default :data:`DEFAULT_MARGIN`);
+  (default :data:`~percepiano.constants.DEFAULT_MARGIN`);
 - **worse** (exit :data:`EXIT_FAIL`, 1): the whole interval lies below ``−margin``;
 - **inconclusive** (exit :data:`EXIT_INCONCLUSIVE`, 3): neither; the verdict prints the minimum detectable
   effect at the rounds' seeds and segments and how many seeds would make the verdict conclusive.
@@ -22,7 +22,7 @@ must equal the results.json's ``test_r2``, and the configurations' differences a
 ``--against targets`` (default) compares the round's ``mean_test_r2`` (mean over seeds) with the published
 target of its preset and split (``percepiano/resources/regression_targets.json``): it fails (exit 1) when the
 value is below the target by more than ``--tolerance`` (default: the targets file's ``tolerance``, 0.03, else
-:data:`DEFAULT_TOLERANCE`). The paper has no per-segment predictions, so there is no paired comparison: the
+:data:`~percepiano.constants.DEFAULT_TOLERANCE`). The paper has no per-segment predictions, so there is no paired comparison: the
 gate reports the measured mean with its bootstrap interval beside the target and says whether the target lies
 inside it.
 
@@ -45,7 +45,19 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import paired
-from .constants import N_FOLDS, PROTOCOL_EPOCHS
+from .constants import (
+    BASELINE_PRESET,
+    BOOTSTRAP_SEED,
+    DEFAULT_CLUSTERING,
+    DEFAULT_LEVEL,
+    DEFAULT_MARGIN,
+    DEFAULT_RESAMPLES,
+    DEFAULT_TOLERANCE,
+    MAX_PLANNED_SEEDS,
+    N_FOLDS,
+    POWER,
+    PROTOCOL_EPOCHS,
+)
 from .metrics import r2
 from .results import (
     RESULTS,
@@ -64,16 +76,6 @@ from .results import (
     target_tolerance,
 )
 
-# Allowed shortfall below a published target when neither --tolerance nor the targets file gives one.
-DEFAULT_TOLERANCE = 0.02
-# The largest drop of mean test R² a round may show and still be "not worse" than the previous one. The smallest
-# gap between two published models on one split is 0.049 (performer: han 0.285, bilstm 0.236); a margin below
-# half of it means a round judged not worse cannot have lost what separates two published models. Test-segment
-# noise alone allows it: on the performer split a single seed's minimum detectable effect is about 0.011
-# (docs/debugging_rounds.md#the-margin).
-DEFAULT_MARGIN = 0.02
-# The baseline a run must beat (the stronger of constants.BASELINES).
-BASELINE_PRESET = "ridge"
 # Exit codes of `percepiano gate` (2 is every command's "bad input", percepiano.cli).
 EXIT_PASS, EXIT_FAIL, EXIT_INCONCLUSIVE = 0, 1, 3
 # A fold's R² recomputed from its saved predictions (float32 in the npz) must match results.json's test_r2 to
@@ -383,9 +385,9 @@ def gate(
     targets_file=None,
     require_baseline: bool = False,
     margin: float = DEFAULT_MARGIN,
-    clustering: str = paired.DEFAULT_CLUSTERING,
-    resamples: int = paired.DEFAULT_RESAMPLES,
-    level: float = paired.DEFAULT_LEVEL,
+    clustering: str = DEFAULT_CLUSTERING,
+    resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
     training_sd: float | None = None,
 ) -> GateResult:
     """Gate the round ``results`` (run directory, results.json, seeds directory or results dict) against the
@@ -543,14 +545,14 @@ def plan(cmp: paired.PairedComparison, margin: float, training_sd: float | None 
     if need is not None:
         why = (f"{need} seed(s) per round bring the minimum detectable effect to the margin {margin:g} or below: a round "
                f"truly equal to the previous one is then called not worse, and one worse by {2 * margin:g} called worse, "
-               f"{paired.POWER:.0%} of the time")
+               f"{POWER:.0%} of the time")
     elif margin <= 0:
         why = "a margin of 0 is never reachable: every interval has a width"
     elif paired.minimum_detectable_effect(cmp.se_test, level) >= margin:
         why = (f"the test segments alone give a minimum detectable effect of "
                f"{paired.minimum_detectable_effect(cmp.se_test, level):.4f} >= margin {margin:g}: no number of seeds suffices")
     else:
-        why = f"more than {paired.MAX_PLANNED_SEEDS} seeds per round would be needed"
+        why = f"more than {MAX_PLANNED_SEEDS} seeds per round would be needed"
     return Planning(mde, var_sum, source, mde_training, need, why, distance,
                     paired.seeds_needed(cmp.se_test, var_sum, distance, level))
 
@@ -696,7 +698,7 @@ def _format_targets(r: GateResult) -> list[str]:
 
 def _bootstrap_text(resamples: int, clusters: Sequence[int], clustering: str, n_segments: int) -> str:
     counts = " x ".join(str(c) for c in clusters)
-    return (f"bootstrap: {resamples} resamples (RNG seed {paired.BOOTSTRAP_SEED}) of {counts} {clustering} clusters, "
+    return (f"bootstrap: {resamples} resamples (RNG seed {BOOTSTRAP_SEED}) of {counts} {clustering} clusters, "
             f"{n_segments} test segments")
 
 
@@ -738,9 +740,9 @@ def _format_paired(r: GateResult) -> list[str]:
     p = r.planning
     if p is not None:
         lines.append(f"minimum detectable effect: {p.mde:.4f} (= {paired.z_sum(c.level):.2f} x SE {c.overall.se:.4f}, power "
-                     f"{paired.POWER:.0%}) at {c.n_seeds_new} and {c.n_seeds_old} seed(s) and {c.n_segments} segments; "
+                     f"{POWER:.0%}) at {c.n_seeds_new} and {c.n_seeds_old} seed(s) and {c.n_segments} segments; "
                      f"a true drop of {paired.detectable_drop(c.overall, r.allowed_drop):.4f} or more is called worse "
-                     f"{paired.POWER:.0%} of the time")
+                     f"{POWER:.0%} of the time")
         lines.append(f"training noise: {p.seed_var_from}"
                      + (f"; minimum detectable effect with it: {p.mde_with_training:.4f}" if p.mde_with_training is not None else ""))
         if r.verdict == "inconclusive":
@@ -748,7 +750,7 @@ def _format_paired(r: GateResult) -> list[str]:
             resolve = (f"{p.resolve_seeds} seed(s) per round" if p.resolve_seeds is not None
                        else "more seeds and test segments than any run has")
             lines.append(f"this estimate lies {p.distance:.4f} from -margin: resolving a true drop that close to the "
-                         f"margin ({paired.POWER:.0%} power) needs {resolve}")
+                         f"margin ({POWER:.0%} power) needs {resolve}")
     return lines
 
 

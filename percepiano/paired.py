@@ -41,19 +41,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-# How test segments are grouped for the bootstrap (docs/debugging_rounds.md#clusters):
-# excerpt: the performances of one score excerpt (the unit the composition split holds out);
-# performer: one player of one composer (the unit the performer split holds out; only 4 in its test set);
-# excerpt+performer: both at once, crossed (each replicate draws excerpts and performers independently and a
-#   segment's weight is the product of its two counts; conservative);
-# segment: no clustering (independent segments; too narrow when segments are correlated).
-CLUSTERINGS = ("excerpt", "performer", "excerpt+performer", "segment")
-DEFAULT_CLUSTERING = "excerpt"
-DEFAULT_RESAMPLES = 2000  # replicates: percentile bounds at 0.95 move by about 0.1 SE between RNG seeds
-DEFAULT_LEVEL = 0.95  # two-sided interval level
-BOOTSTRAP_SEED = 0  # fixed, so that the same inputs always give the same interval and verdict
-POWER = 0.8  # the power of the planning figures (minimum detectable effect, seeds needed)
-MAX_PLANNED_SEEDS = 1000  # seeds_needed answers "more than this" beyond it
+from .constants import (
+    BOOTSTRAP_SEED,
+    CLUSTERINGS,
+    DEFAULT_CLUSTERING,
+    DEFAULT_LEVEL,
+    DEFAULT_RESAMPLES,
+    MAX_PLANNED_SEEDS,
+    POWER,
+)
+
 # Below this many clusters (in any dimension) a cluster bootstrap has too few distinct resamples to trust its
 # percentiles (3 clusters: 10 distinct resamples); the gate says so beside its verdict.
 MIN_RELIABLE_CLUSTERS = 10

@@ -28,10 +28,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import diagnostics as diag
-from .constants import BASELINES, N_FOLDS, PARTS, PROTOCOL_EPOCHS, SPLIT_SCHEMES
+from .constants import BASELINE_PRESET, BASELINES, DEFAULT_MARGIN, N_FOLDS, PARTS, POWER, PROTOCOL_EPOCHS, SPLIT_SCHEMES
 from .document import Document, slug
 from . import gate as gates
-from .gate import BASELINE_PRESET, fold_directory, load_round, round_names
+from .gate import fold_directory, load_round, round_names
 from .results import (
     fold_spread,
     label_names_of,
@@ -433,9 +433,7 @@ def power_curve_figure(curves: Mapping[str, Sequence[Mapping]], margin: float, t
     """Fraction of simulated experiments the gate calls *worse* (and *not worse*) against the true drop of mean
     test R², one line per perturbation (``curves[name]``: the rows of :func:`percepiano.paired.power_curve`);
     the margin, each perturbation's stated detectable drop (:func:`detectable_threshold`) and the power
-    (``percepiano.paired.POWER``) are marked."""
-    from .paired import POWER
-
+    (``percepiano.constants.POWER``) are marked."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.8))
     colors = plt.get_cmap("tab10")
@@ -552,7 +550,7 @@ def build_report(
     targets: Mapping | None = None,
     find_baselines: bool = True,
     collapse_ratio: float = diag.COLLAPSE_RATIO,
-    margin: float = gates.DEFAULT_MARGIN,
+    margin: float = DEFAULT_MARGIN,
     clustering: str | None = None,
     resamples: int | None = None,
     level: float | None = None,
@@ -623,7 +621,7 @@ class RoundVerdict:
     reason: str = ""
 
 
-def round_verdicts(rounds: Sequence[gates.Round], *, margin: float = gates.DEFAULT_MARGIN, targets_file=None,
+def round_verdicts(rounds: Sequence[gates.Round], *, margin: float = DEFAULT_MARGIN, targets_file=None,
                    skipped: dict[str, str] | None = None, **options) -> list[RoundVerdict]:
     """Each neural round against the neural round before it on the same split; a split with one neural round
     against its published target. A round that cannot be gated (no predictions, different test segments, no

@@ -4,15 +4,13 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from percepiano import PRESETS, ModelConfig, PercePianoModel
 from percepiano.constants import MAX_VOICE
 from percepiano.convert import RENAME_POOLING, rename_table
 from percepiano.lstm import run_lstm
 
-from tiny import LEVELS, SIZES, make_batch, tiny
+from tiny import LEVELS, make_batch, tiny
 
 # float64 through a few LSTMs and softmaxes: agreement to ~1e-15 is routine; 1e-10 leaves room for BLAS order.
 F64 = {"rtol": 1e-10, "atol": 1e-10}

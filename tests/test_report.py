@@ -42,7 +42,7 @@ def test_report_from_the_committed_tiny_run(tmp_path):
     }
     for p in r.images:
         assert_png(p)
-        assert f"![" in md and f"({p.name})" in md and f"src='{p.name}'" in html
+        assert "![" in md and f"({p.name})" in md and f"src='{p.name}'" in html
     sections = ("## Verdict", "## Round comparison: ΔR² with intervals", "## Summary",
                 "## Training curves of the rounds, overlaid", "## Training curves", "## Per-label test R²",
                 "## Predicted vs true", "## Hierarchy gain", "## Attention of one segment", "## Deviations from the original")

@@ -78,8 +78,7 @@ def add_protocol_options(p: argparse.ArgumentParser) -> None:
 def add_comparison_options(p: argparse.ArgumentParser) -> None:
     """How two rounds are compared (``gate`` and ``report``): the paired cluster bootstrap of
     :mod:`percepiano.paired` and the margin of :mod:`percepiano.gate`."""
-    from ..gate import DEFAULT_MARGIN
-    from ..paired import BOOTSTRAP_SEED, CLUSTERINGS, DEFAULT_CLUSTERING, DEFAULT_LEVEL, DEFAULT_RESAMPLES
+    from ..constants import BOOTSTRAP_SEED, CLUSTERINGS, DEFAULT_CLUSTERING, DEFAULT_LEVEL, DEFAULT_MARGIN, DEFAULT_RESAMPLES
 
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help=f"largest tolerated drop of R2 against a previous round (default {DEFAULT_MARGIN}: below half "
