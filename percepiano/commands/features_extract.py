@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from ._options import existing_path
+from ._options import add_raw, log, raw_paths
 
 
 def register(subparsers) -> None:
@@ -17,8 +16,7 @@ def register(subparsers) -> None:
         "features-extract", help="re-extract the whole dataset with this pipeline into a new npz (same format)",
         description="Per-note arrays from our pipeline (our aligner by default), labels/splits copied from --data; "
                     "train on the result with `percepiano train --data OUT`.")
-    e.add_argument("--data", default=None, help="reference percepiano_vnet_m2pf.npz (default: $PERCEPIANO_DATA)")
-    e.add_argument("--raw", default=None, help="raw/ folder of the dataset (default: $PERCEPIANO_RAW)")
+    add_raw(e)
     e.add_argument("--out", required=True, type=Path, help="output .npz")
     e.add_argument("--fix", action="append", default=[], metavar="NAME",
                    help="quirk fix to apply (repeatable): " + ", ".join(_fix_names()))
@@ -36,9 +34,7 @@ def _fix_names() -> list:
 
 def _extract(args: argparse.Namespace) -> int:
     from ..features.dataset import reextract
-    data = existing_path(args.data, "PERCEPIANO_DATA", "--data")
-    raw = existing_path(args.raw, "PERCEPIANO_RAW", "--raw")
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    data, raw = raw_paths(args)
     info = reextract(data, raw, args.out, fixes=args.fix, alignments=args.original_pairs,
                      renormalize=args.renormalize, log=log)
     print(json.dumps(info, indent=1))

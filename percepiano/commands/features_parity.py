@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ..constants import SPLIT_SCHEMES
-from ._options import existing_path
+from ._options import add_raw, existing_path, log, raw_paths
 
 CHECKS = ("score", "corresp", "aligner", "e2e")
 
@@ -23,8 +22,7 @@ def register(subparsers) -> None:
         "features-parity", help="compare the pure-Python feature pipeline with the original's processed data",
         description="Score side on all excerpts, the whole matrix fed the original pairs, and our aligner "
                     "against the original final pairs (docs/features.md).")
-    p.add_argument("--data", default=None, help="percepiano_vnet_m2pf.npz (default: $PERCEPIANO_DATA)")
-    p.add_argument("--raw", default=None, help="raw/ folder of the dataset (default: $PERCEPIANO_RAW)")
+    add_raw(p)
     p.add_argument("--alignments", default=None,
                    help="folder of *_infer_corresp.txt files (default: $PERCEPIANO_ALIGNMENTS)")
     p.add_argument("--check", default="score,corresp,aligner",
@@ -47,13 +45,11 @@ def _features_parity(args: argparse.Namespace) -> int:
     unknown = sorted(set(checks) - set(CHECKS))
     if unknown:
         raise ValueError(f"unknown --check {unknown}; choose from {CHECKS}")
-    data = existing_path(args.data, "PERCEPIANO_DATA", "--data")
-    raw = existing_path(args.raw, "PERCEPIANO_RAW", "--raw")
+    data, raw = raw_paths(args)
     ref = agreement.load_reference(data)
     limit = _segment_ids(args.segments, ref, data)
     results: dict = {}
     ok = True
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if "score" in checks:
         r = agreement.score_parity(ref, raw, limit=limit, log=log)
         results["score"] = r
