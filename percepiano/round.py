@@ -521,6 +521,13 @@ def find_cells(root: str | os.PathLike) -> list[tuple[str, dict]]:
     return found
 
 
+def fold_numbers(res: Mapping) -> dict:
+    """What a round reports of one finished fold, read the same way from its ``fold_result.json`` (``--status``)
+    and from its entry in the cell's ``results.json`` (``round.json``)."""
+    return {"fold": int(res["fold"]), "test_r2": float(res["test_r2"]), "best_epoch": res.get("best_epoch"),
+            "epochs_trained": res.get("epochs_trained"), "train_seconds": float(res.get("train_seconds") or 0.0)}
+
+
 def summarize_round(root: str | os.PathLike, request: Mapping | None = None) -> dict:
     """Per (preset, split) of the round folder ``root``: every seed's mean test R2 and fold spread, their mean,
     the seed spread (population std over seeds; None for one seed), the baselines of the same split and folds,
@@ -530,18 +537,19 @@ def summarize_round(root: str | os.PathLike, request: Mapping | None = None) -> 
     for rel, res in find_cells(root):
         name = f"{res['preset']}-{res['split']}"
         entry = cells.setdefault(name, {"preset": res["preset"], "split": res["split"], "seeds": {}})
+        folds = [fold_numbers(f) for f in res["folds"]]
         entry["seeds"][str(res["seed"])] = {
             "dir": rel,
             "mean_test_r2": res["mean_test_r2"],
             "fold_std": res["fold_std"],
-            "folds": [int(f["fold"]) for f in res["folds"]],
-            "per_fold_test_r2": [f["test_r2"] for f in res["folds"]],
-            "best_epochs": [f.get("best_epoch") for f in res["folds"]],
+            "folds": [f["fold"] for f in folds],
+            "per_fold_test_r2": [f["test_r2"] for f in folds],
+            "best_epochs": [f["best_epoch"] for f in folds],
             "epochs": res.get("epochs"),
             "protocol": res.get("protocol"),
             "device": res.get("device"),
             "device_name": res.get("device_name"),
-            "train_seconds": float(sum(f.get("train_seconds") or 0.0 for f in res["folds"])),
+            "train_seconds": float(sum(f["train_seconds"] for f in folds)),
             "git_commit": res.get("git_commit"),
             "baselines": {k: {"mean_test_r2": v["mean_test_r2"], "fold_std": v["fold_std"]}
                           for k, v in (res.get("baselines") or {}).items()},
@@ -634,9 +642,9 @@ def round_status(root: str | os.PathLike, request: Mapping | None = None) -> lis
         for fold in sorted(set(folds) | {int(p.name[4:]) for p in cell_dir.glob("fold*") if p.name[4:].isdigit()}):
             fdir = cell_dir / f"fold{fold}"
             if (fdir / FOLD_RESULT).is_file():
-                res = read_json_object(fdir / FOLD_RESULT, "fold result")
-                states[fold] = {"state": "done", "test_r2": float(res["test_r2"]), "best_epoch": res.get("best_epoch"),
-                                "epochs": res.get("epochs_trained", epochs)}
+                res = fold_numbers(read_json_object(fdir / FOLD_RESULT, "fold result"))
+                states[fold] = {"state": "done", "test_r2": res["test_r2"], "best_epoch": res["best_epoch"],
+                                "epochs": res["epochs_trained"] or epochs}
             elif (fdir / LOG).is_file():
                 lines = [ln for ln in (fdir / LOG).read_text().splitlines() if ln.strip()]
                 done = int(json.loads(lines[-1])["epoch"]) if lines else 0
