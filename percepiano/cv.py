@@ -97,11 +97,11 @@ def run_cv(
     ``OUT`` must not hold a run unless ``resume``; with ``resume``, a fold whose ``fold_result.json`` (and
     ``best.pt``) carry this run's identity is reused, one with this run's ``last.pt`` is continued (also to
     more epochs), and any other is refused naming each differing field. ``allow_code_change`` lets the code
-    version differ (recorded under ``code_changes``). ``reuse_without_checkpoint`` also reuses finished folds that kept only
-    their small outputs (no ``best.pt``; :func:`fold_state`), listed in results.json's
-    ``folds_without_checkpoint``: their numbers stand, but ``report`` and the paired gate, which read each fold's
-    checkpoint or test predictions, cannot use them. ``keep="best"`` deletes each fold's ``last.pt`` once it
-    is finished. ``step_log`` writes each fold's ``steps.jsonl`` (:func:`percepiano.training.train_fold`).
+    version differ (recorded under ``code_changes``). ``reuse_without_checkpoint`` also reuses finished folds
+    that kept only their small outputs (no ``best.pt``; :func:`fold_state`), listed in results.json's
+    ``folds_without_checkpoint``: their numbers stand, but ``report`` and the paired gate, which read each
+    fold's checkpoint or test predictions, cannot use them. ``keep="best"`` deletes each fold's ``last.pt``
+    once it is finished. ``step_log`` writes each fold's ``steps.jsonl`` (:func:`percepiano.training.train_fold`).
     ``parallel_folds`` > 1 trains that many folds at once in worker processes on the same device
     (one GPU is far from saturated by one batch-8 fold); each fold is seeded as in a sequential run, so its
     result does not depend on this setting. ``command`` (the command line) is recorded in results.json.
