@@ -389,9 +389,14 @@ def run_round(
                   "reuse_without_checkpoint": spec.reuse_without_checkpoint,
                   "keep": spec.keep, "command": command, "on_epoch_end": on_epoch_end}
 
+        # A cell task reuses its finished folds and fits the baselines: seconds of work, so it asks for no CPU
+        # and does not queue behind the fold tasks that hold every CPU (its results.json appears as soon as its
+        # folds are done). It keeps its GPU share: the device it records is the folds'.
+        cell_opts = {**opts, "num_cpus": 0}
+
         def submit_cell(plan: CellPlan):
-            futures[remote_cell.options(name=plan.cell.path, **opts).remote(_cell_job(common, spec, plan, root))] = (
-                plan, None)
+            futures[remote_cell.options(name=plan.cell.path, **cell_opts).remote(
+                _cell_job(common, spec, plan, root))] = (plan, None)
 
         futures: dict = {}
         waiting: dict[str, set[int]] = {}

@@ -201,6 +201,27 @@ def test_a_cell_started_by_cv_is_adopted(local_ray, tmp_path, capsys):
     assert [f["fold"] for f in res["folds"]] == [0, 1]
 
 
+def _slow_epochs(prefix: str, seconds: float):
+    """An on_epoch_end hook that sleeps after every epoch of the tasks whose key starts with ``prefix`` (a
+    closure: Ray's workers cannot import this test module, so the hook travels by value)."""
+
+    def hook(key: str, epoch: int) -> None:
+        if key.startswith(prefix):
+            time.sleep(seconds)
+
+    return hook
+
+
+def test_a_cells_results_do_not_wait_for_other_cells_folds(local_ray, tmp_path):
+    """2 CPUs: bilstm's two folds train first, then han's two take both CPUs (and are slowed down); bilstm's
+    results.json is written while they train, not after."""
+    root = tmp_path / "R"
+    run_round(spec(seeds=(7,)), DATA, root, threads_per_task=1, gpus_per_task=0, on_epoch_end=_slow_epochs("han-", 4))
+    written = (root / "bilstm-performer" / "seed7" / "results.json").stat().st_mtime_ns
+    han_folds = [(root / "han-performer" / "seed7" / f"fold{k}" / "fold_result.json").stat().st_mtime_ns for k in (0, 1)]
+    assert written < min(han_folds)
+
+
 def _kill_after_first_epoch(marker_dir: Path):
     """An on_epoch_end hook that kills its own Ray worker (SIGKILL) after epoch 1 of each task, once."""
 
