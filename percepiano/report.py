@@ -837,7 +837,11 @@ def _predicted_vs_true(doc: Document, runs: Sequence[Run], spreads: Mapping[str,
         images.append(p)
         doc.img(p, f"predicted vs true {r.name}")
         coll = diag.collapsed_labels(spreads[r.name])
-        doc.p(f"`{r.name}`: collapsed labels ({len(coll)}): " + (", ".join(coll) if coll else "none") + ".")
+        missing = [f.fold for f in r.folds if f.predictions is None]
+        partial = (f" No saved test predictions for fold(s) {', '.join(map(str, missing))} (e.g. folds reused with "
+                   f"--reuse-without-checkpoint): the plot and the collapse detector read fold(s) "
+                   f"{', '.join(str(f.fold) for f in r.folds if f.predictions is not None)} only." if missing else "")
+        doc.p(f"`{r.name}`: collapsed labels ({len(coll)}): " + (", ".join(coll) if coll else "none") + "." + partial)
     return images
 
 

@@ -147,6 +147,14 @@ def test_load_run_tolerates_missing_artifacts(tmp_path):
     assert rep.segment_attention(run)["reason"] == "mean is a non-neural baseline: it has no attention"
 
 
+def test_a_run_with_folds_without_predictions_says_which_folds_the_plots_read(tmp_path):
+    shutil.copytree(TINY / "han", tmp_path / "han")
+    (tmp_path / "han" / "fold1" / "test_predictions.npz").unlink()
+    md = rep.build_report([tmp_path / "han"], tmp_path / "report", data=None).markdown.read_text()
+    assert ("No saved test predictions for fold(s) 1 (e.g. folds reused with --reuse-without-checkpoint): the plot "
+            "and the collapse detector read fold(s) 0, 2, 3 only.") in md
+
+
 @pytest.mark.skipif(not os.environ.get("PERCEPIANO_DATA"), reason="real data: set PERCEPIANO_DATA to percepiano_vnet_m2pf.npz")
 def test_report_from_a_tiny_real_run(tmp_path):
     """1 fold, 1 epoch, hidden size 4, 8 segments per split, on the real data; then the full report."""
