@@ -30,7 +30,7 @@ from percepiano.constants import N_FOLDS, PROTOCOL_EPOCHS, SPLIT_SCHEMES
 from percepiano.cv import run_cv
 from percepiano.data import load_dataset
 from percepiano.results import load_targets, read_json_object
-from percepiano.round import find_cells
+from percepiano.round_results import find_cells
 from percepiano.training import TrainConfig
 
 TARGETS = load_targets()["targets"]

@@ -23,7 +23,8 @@ import torch
 from percepiano.checkpoints import load_checkpoint
 from percepiano.cli import main
 from percepiano.data import load_dataset
-from percepiano.round import ROUND_JSON, RoundSpec, plan_round, resolve_resources, run_round, summarize_round
+from percepiano.round import RoundSpec, plan_round, resolve_resources, run_round
+from percepiano.round_results import ROUND_JSON, summarize_round
 from percepiano.training import TrainConfig
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -166,7 +167,7 @@ def test_a_round_restored_from_its_export_reuses_its_finished_folds(finished_rou
     """The round's machine is gone; its exported small outputs are all that is left, one fold of them lost
     too: the restored round refuses to reuse folds without checkpoints unless asked, then trains only the
     lost fold, bitwise as the first time (CPU), and lists the reused folds under folds_without_checkpoint."""
-    from percepiano.round import export_results
+    from percepiano.round_results import export_results
 
     root, _ = finished_round
     restored = tmp_path / "R"
@@ -201,25 +202,32 @@ def test_a_cell_started_by_cv_is_adopted(local_ray, tmp_path, capsys):
     assert [f["fold"] for f in res["folds"]] == [0, 1]
 
 
-def _slow_epochs(prefix: str, seconds: float):
-    """An on_epoch_end hook that sleeps after every epoch of the tasks whose key starts with ``prefix`` (a
-    closure: Ray's workers cannot import this test module, so the hook travels by value)."""
+def _wait_in_last_epoch_for(prefix: str, path: Path, marker_dir: Path, timeout: float = 60.0):
+    """An on_epoch_end hook: after the last epoch of each task whose key starts with ``prefix``, wait (holding
+    its CPU) until ``path`` exists or ``timeout`` passes, and write whether it appeared into ``marker_dir``. A
+    closure: Ray's workers cannot import this test module, so the hook travels by value."""
 
     def hook(key: str, epoch: int) -> None:
-        if key.startswith(prefix):
-            time.sleep(seconds)
+        if key.startswith(prefix) and epoch == EPOCHS:
+            deadline = time.monotonic() + timeout
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            (marker_dir / key.replace("/", "_").replace(" ", "_")).write_text(str(path.exists()))
 
     return hook
 
 
 def test_a_cells_results_do_not_wait_for_other_cells_folds(local_ray, tmp_path):
-    """2 CPUs: bilstm's two folds train first, then han's two take both CPUs (and are slowed down); bilstm's
-    results.json is written while they train, not after."""
-    root = tmp_path / "R"
-    run_round(spec(seeds=(7,)), DATA, root, threads_per_task=1, gpus_per_task=0, on_epoch_end=_slow_epochs("han-", 4))
-    written = (root / "bilstm-performer" / "seed7" / "results.json").stat().st_mtime_ns
-    han_folds = [(root / "han-performer" / "seed7" / f"fold{k}" / "fold_result.json").stat().st_mtime_ns for k in (0, 1)]
-    assert written < min(han_folds)
+    """2 CPUs: bilstm's two folds train first, then han's two take both CPUs and hold them until bilstm's
+    results.json appears (at most 60 s): it must appear while they hold them."""
+    root, markers = tmp_path / "R", tmp_path / "markers"
+    markers.mkdir()
+    bilstm_results = root / "bilstm-performer" / "seed7" / "results.json"
+    run_round(spec(seeds=(7,)), DATA, root, threads_per_task=1, gpus_per_task=0,
+              on_epoch_end=_wait_in_last_epoch_for("han-", bilstm_results, markers))
+    seen = {p.name: p.read_text() for p in markers.iterdir()}
+    assert sorted(seen) == ["han-performer_seed7_fold_0", "han-performer_seed7_fold_1"]
+    assert set(seen.values()) == {"True"}, seen
 
 
 def _kill_after_first_epoch(marker_dir: Path):
@@ -370,7 +378,7 @@ def test_export_writes_the_round_folder_as_ROUND(tmp_path):
     root = _status_round(tmp_path)
     command = f"percepiano round --presets han --splits composition --out {root.resolve()}"
     (root / ROUND_JSON).write_text(json.dumps({"request": {}, "invocations": [{"command": command}]}))
-    from percepiano.round import export_results
+    from percepiano.round_results import export_results
 
     export_results(root, tmp_path / "published")
     published = json.loads((tmp_path / "published" / ROUND_JSON).read_text())

@@ -1,5 +1,5 @@
 """``percepiano round``: presets x splits x seeds x folds as Ray tasks into one resumable folder
-(docs/rounds.md; :mod:`percepiano.round`).
+(docs/rounds.md; :mod:`percepiano.round`, :mod:`percepiano.round_results`).
 
     percepiano round --presets han,bilstm,bilstm_sa --splits composition,performer,work --seeds 7,8,9 --out runs/round16
     percepiano round ... --address auto                      # the Ray cluster `ray start` runs on this machine
@@ -72,10 +72,11 @@ def register(subparsers) -> None:
 def cmd_round(args) -> int:
     from ..config import PRESETS
     from ..data import resolve_data_path
-    from ..round import ROUND_JSON, RoundFailed, RoundSpec, format_round_table, run_round
+    from ..round import RoundFailed, RoundSpec, run_round
+    from ..round_results import ROUND_JSON, format_round_table
 
     if args.export is not None:
-        from ..round import export_results
+        from ..round_results import export_results
 
         written = export_results(args.out, args.export)
         print(f"copied {len(written)} files of {args.out} into {args.export}")
@@ -125,7 +126,7 @@ def _print_status(args) -> int:
     of ROUND/round.json) and every cell found in ROUND."""
     from ..config import PRESETS
     from ..results import read_json_object
-    from ..round import ROUND_JSON, format_status_markdown, round_status
+    from ..round_results import ROUND_JSON, format_status_markdown, round_status
 
     request = None
     if args.presets or args.splits:
