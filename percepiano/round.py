@@ -55,7 +55,7 @@ from .cv import check_run_dir, fold_state, run_cv
 from .data import load_dataset
 from .provenance import code_version, data_sha256, fold_identity, run_identity
 from .results import RESULTS, read_json_object
-from .round_results import ROUND_JSON, cell_path, load_history, now, write_round_json
+from .round_results import ROUND_JSON, cell_path, export_results, load_history, now, write_round_json
 from .training import BEST, FOLD_RESULT, KEEP_ALL, KEEP_CHOICES, TrainConfig, existing_run_files, train_fold
 
 AUTO = "auto"
@@ -327,17 +327,22 @@ def run_round(
     log: Callable[[str], None] | None = None,
     command: str | None = None,
     on_epoch_end: Callable[[str, int], None] | None = None,
+    mirror_to: str | os.PathLike | None = None,
 ) -> dict:
     """Run (or continue) the round ``spec`` into ``root`` on Ray and return ``round.json``'s dict.
 
     ``address``: an existing Ray cluster (``ray start --head`` prints it); None starts Ray on this machine,
-    unless this process is already connected. A finished round starts no Ray at all. ``on_epoch_end(task key,
+    unless this process is already connected. A finished round starts no Ray at all. ``mirror_to``: after every
+    finished task, copy the round's small outputs there (:func:`percepiano.round_results.export_results`), so
+    that a round on a machine that may not last loses at most its running folds. ``on_epoch_end(task key,
     epoch)`` runs in the worker after each epoch's checkpoints are written (tests interrupt workers with it).
     Raises ``ValueError`` for a refused plan (nothing is started) and :class:`RoundFailed` when tasks failed
     (after their retries); the others finish and ``round.json`` records both.
     """
     log = log or (lambda s: None)
     root = Path(root)
+    if mirror_to is not None and Path(mirror_to).resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"--mirror-to {mirror_to}: inside the round folder {root}; choose a folder outside it")
     data_path = Path(data_path).resolve()
     data = load_dataset(data_path)
     plans = plan_round(spec, data, root)
@@ -350,7 +355,10 @@ def run_round(
     invocation = {"started": now(), "request": request, "address": address, "tasks": [], "failed": []}
     if not pending:
         invocation.update(finished=now(), wall_seconds=0.0, note="nothing to train: every cell is finished")
-        return write_round_json(root, request, history + [invocation])
+        summary = write_round_json(root, request, history + [invocation])
+        if mirror_to is not None:
+            export_results(root, mirror_to)
+        return summary
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # Ray folds "similar" lines: the tasks' epoch lines are progress
     import ray
@@ -425,9 +433,13 @@ def run_round(
                         del waiting[plan.cell.path]
                         submit_cell(plan)
             write_round_json(root, request, history + [{**invocation, "finished": None}])
+            if mirror_to is not None:
+                export_results(root, mirror_to)
     finally:
         invocation.update(finished=now(), wall_seconds=time.perf_counter() - t0)
         summary = write_round_json(root, request, history + [invocation])
+        if mirror_to is not None:
+            export_results(root, mirror_to)
         if started_here:
             ray.shutdown()
     if invocation["failed"]:

@@ -188,6 +188,21 @@ def test_a_round_restored_from_its_export_reuses_its_finished_folds(finished_rou
     assert len(summary["invocations"]) == len(json.loads((root / ROUND_JSON).read_text())["invocations"]) + 1
 
 
+def test_mirror_to_keeps_a_copy_of_the_small_outputs(local_ray, tmp_path):
+    from percepiano.round_results import export_results
+
+    root, mirror = tmp_path / "R", tmp_path / "mirror"
+    with pytest.raises(ValueError, match="inside the round folder"):
+        run_round(spec(), DATA, root, mirror_to=root / "copy")
+    run_round(spec(presets=("bilstm",), seeds=(7,), folds=(0,)), DATA, root, threads_per_task=1, gpus_per_task=0,
+              mirror_to=mirror)
+    export_results(root, tmp_path / "exported")
+    files = lambda d: {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    assert files(mirror) == files(tmp_path / "exported")
+    assert "bilstm-performer/seed7/fold0/fold_result.json" in files(mirror) and not any(
+        name.endswith((".pt", ".npz")) for name in files(mirror))
+
+
 def test_a_cell_started_by_cv_is_adopted(local_ray, tmp_path, capsys):
     root = tmp_path / "R"
     cell = root / "bilstm-performer" / "seed7"

@@ -6,6 +6,7 @@
     percepiano round ... --gpus-per-task 0.25                # 4 folds share each GPU
     percepiano round --status --out runs/round16             # every cell's folds, as README.md's R2 table
     percepiano round --export results/round16 --out runs/round16   # its small outputs, to commit (no checkpoints)
+    percepiano round ... --mirror-to results/round16         # the same copy after every finished task
 
 ``ROUND/{preset}-{split}/seed{S}/`` is a ``percepiano cv`` run directory; ``ROUND/round.json`` the summary.
 Rerun the same command to continue: finished folds are reused (same preset, configs, seed, code, data),
@@ -48,6 +49,9 @@ def register(subparsers) -> None:
     p.add_argument("--export", type=Path, default=None, metavar="DIR",
                    help="train nothing: copy the round's small outputs (round.json, results.json/.csv, "
                         "fold_result.json, log.jsonl, gates.json; no checkpoints) into DIR, e.g. to commit them")
+    p.add_argument("--mirror-to", type=Path, default=None, metavar="DIR",
+                   help="while the round runs, copy its small outputs (what --export copies) into DIR after every "
+                        "finished task: on a machine that may not last, at most the running folds are lost")
     p.add_argument("--status", action="store_true",
                    help="train nothing: print every cell's folds (done with test R2, training at epoch E, pending) "
                         "as the Markdown R2 table of README.md, from the files in ROUND (no Ray needed)")
@@ -107,7 +111,7 @@ def cmd_round(args) -> int:
                 args.threads_per_task, "--threads-per-task", int),
             gpus_per_task=args.gpus_per_task if args.gpus_per_task == "auto" else _number(
                 args.gpus_per_task, "--gpus-per-task", float),
-            max_retries=args.max_retries, log=log, command=command_line(args),
+            max_retries=args.max_retries, log=log, command=command_line(args), mirror_to=args.mirror_to,
         )
     except RoundFailed as exc:
         print(f"percepiano round: error: {exc}", file=sys.stderr)
