@@ -24,8 +24,9 @@ What :func:`run_round` does:
    ``results.csv`` exactly as ``percepiano cv`` (the device recorded is the workers').
 
 Ray is imported only here, inside :func:`run_round` (``pip install 'percepiano[round]'``); planning needs no
-Ray, and reading a round folder (``round.json``, ``--status``, ``--export``) is :mod:`percepiano.round_results`. Every node must see ``ROUND`` and the dataset at the same paths (a shared filesystem) and
-run the same percepiano checkout.
+Ray, and reading a round folder (``round.json``, ``--status``, ``--export``) is :mod:`percepiano.round_results`.
+Every node must see ``ROUND`` and the dataset at the same paths (a shared filesystem) and run the same
+percepiano checkout.
 """
 from __future__ import annotations
 
@@ -355,10 +356,7 @@ def run_round(
     invocation = {"started": now(), "request": request, "address": address, "tasks": [], "failed": []}
     if not pending:
         invocation.update(finished=now(), wall_seconds=0.0, note="nothing to train: every cell is finished")
-        summary = write_round_json(root, request, history + [invocation])
-        if mirror_to is not None:
-            export_results(root, mirror_to)
-        return summary
+        return _record(root, request, history + [invocation], mirror_to)
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # Ray folds "similar" lines: the tasks' epoch lines are progress
     import ray
@@ -432,14 +430,10 @@ def run_round(
                     if not waiting[plan.cell.path]:
                         del waiting[plan.cell.path]
                         submit_cell(plan)
-            write_round_json(root, request, history + [{**invocation, "finished": None}])
-            if mirror_to is not None:
-                export_results(root, mirror_to)
+            _record(root, request, history + [{**invocation, "finished": None}], mirror_to)
     finally:
         invocation.update(finished=now(), wall_seconds=time.perf_counter() - t0)
-        summary = write_round_json(root, request, history + [invocation])
-        if mirror_to is not None:
-            export_results(root, mirror_to)
+        summary = _record(root, request, history + [invocation], mirror_to)
         if started_here:
             ray.shutdown()
     if invocation["failed"]:
@@ -500,6 +494,14 @@ def _task_line(out: Mapping) -> str:
 
 
 # --------------------------------------------------------------------------------------------- round.json
+
+
+def _record(root: Path, request: Mapping, invocations: list[dict], mirror_to) -> dict:
+    """round.json rewritten from the folder, and the small outputs copied to ``mirror_to`` (if given)."""
+    summary = write_round_json(root, request, invocations)
+    if mirror_to is not None:
+        export_results(root, mirror_to)
+    return summary
 
 
 def _request(spec: RoundSpec, command: str | None) -> dict:

@@ -188,21 +188,6 @@ def test_a_round_restored_from_its_export_reuses_its_finished_folds(finished_rou
     assert len(summary["invocations"]) == len(json.loads((root / ROUND_JSON).read_text())["invocations"]) + 1
 
 
-def test_mirror_to_keeps_a_copy_of_the_small_outputs(local_ray, tmp_path):
-    from percepiano.round_results import export_results
-
-    root, mirror = tmp_path / "R", tmp_path / "mirror"
-    with pytest.raises(ValueError, match="inside the round folder"):
-        run_round(spec(), DATA, root, mirror_to=root / "copy")
-    run_round(spec(presets=("bilstm",), seeds=(7,), folds=(0,)), DATA, root, threads_per_task=1, gpus_per_task=0,
-              mirror_to=mirror)
-    export_results(root, tmp_path / "exported")
-    files = lambda d: {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
-    assert files(mirror) == files(tmp_path / "exported")
-    assert "bilstm-performer/seed7/fold0/fold_result.json" in files(mirror) and not any(
-        name.endswith((".pt", ".npz")) for name in files(mirror))
-
-
 def test_a_cell_started_by_cv_is_adopted(local_ray, tmp_path, capsys):
     root = tmp_path / "R"
     cell = root / "bilstm-performer" / "seed7"
@@ -243,6 +228,25 @@ def test_a_cells_results_do_not_wait_for_other_cells_folds(local_ray, tmp_path):
     seen = {p.name: p.read_text() for p in markers.iterdir()}
     assert sorted(seen) == ["han-performer_seed7_fold_0", "han-performer_seed7_fold_1"]
     assert set(seen.values()) == {"True"}, seen
+
+
+def test_mirror_to_copies_the_small_outputs_while_the_round_runs(local_ray, tmp_path):
+    """bilstm's folds finish first; han's folds, still training, wait for bilstm's fold result in the mirror;
+    at the end the mirror is what --export copies (no checkpoints, no predictions)."""
+    from percepiano.round_results import export_results
+
+    root, mirror, markers = tmp_path / "R", tmp_path / "mirror", tmp_path / "markers"
+    markers.mkdir()
+    with pytest.raises(ValueError, match="inside the round folder"):
+        run_round(spec(), DATA, root, mirror_to=root / "copy")
+    mirrored_fold = mirror / "bilstm-performer" / "seed7" / "fold0" / "fold_result.json"
+    run_round(spec(seeds=(7,)), DATA, root, threads_per_task=1, gpus_per_task=0, mirror_to=mirror,
+              on_epoch_end=_wait_in_last_epoch_for("han-", mirrored_fold, markers))
+    assert {p.read_text() for p in markers.iterdir()} == {"True"} and len(list(markers.iterdir())) == 2
+    export_results(root, tmp_path / "exported")
+    files = lambda d: {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+    assert files(mirror) == files(tmp_path / "exported")
+    assert not any(name.endswith((".pt", ".npz")) for name in files(mirror))
 
 
 def _kill_after_first_epoch(marker_dir: Path):
