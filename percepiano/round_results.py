@@ -240,18 +240,24 @@ EXPORTED_FILES = (ROUND_JSON, RESULTS, "results.csv", FOLD_RESULT, LOG, "gates.j
 def export_results(root: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
     """Copy the small outputs of the round folder ``root`` (:data:`EXPORTED_FILES`, at their relative paths)
     into ``dest``; returns the files written. Checkpoints and test predictions are never copied. The round
-    folder's own path, which the recorded command lines hold (``--out``), is written ``ROUND``: published
-    outputs name no path of the machine that ran them."""
+    folder's own path, which the recorded command lines hold (``--out``), is written ``ROUND``, and ``dest``'s
+    (``--mirror-to``) ``MIRROR``: published outputs name no path of the machine that ran them."""
     root, dest = Path(root), Path(dest)
     if not root.is_dir():
         raise ValueError(f"{root}: no such round folder")
-    spellings = sorted({str(root), str(root.resolve()), str(root.absolute())}, key=len, reverse=True)
+
+    def spellings_of(path: Path, placeholder: str) -> list[tuple[str, str]]:
+        return [(s, placeholder) for s in {str(path), str(path.resolve()), str(path.absolute())}]
+
+    # Longest first, so that a folder inside the other is replaced whole.
+    spellings = sorted(spellings_of(root, "ROUND") + spellings_of(dest, "MIRROR"), key=lambda p: len(p[0]),
+                       reverse=True)
     written = []
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.name in EXPORTED_FILES:
             text = path.read_text()
-            for spelling in spellings:
-                text = text.replace(spelling, "ROUND")
+            for spelling, placeholder in spellings:
+                text = text.replace(spelling, placeholder)
             target = dest / path.relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)

@@ -392,16 +392,19 @@ def test_export_copies_the_small_outputs_only(tmp_path, capsys):
     assert f"copied {len(copied)} files" in capsys.readouterr().out
 
 
-def test_export_writes_the_round_folder_as_ROUND(tmp_path):
-    """The command lines a round records hold its --out path: the published copy names no machine path."""
+def test_export_writes_the_round_and_mirror_folders_as_ROUND_and_MIRROR(tmp_path):
+    """The command lines a round records hold its --out and --mirror-to paths: the published copy names no
+    machine path."""
     root = _status_round(tmp_path)
-    command = f"percepiano round --presets han --splits composition --out {root.resolve()}"
+    published_at = tmp_path / "published"
+    command = f"percepiano round --presets han --splits composition --mirror-to {published_at} --out {root.resolve()}"
     (root / ROUND_JSON).write_text(json.dumps({"request": {}, "invocations": [{"command": command}]}))
     from percepiano.round_results import export_results
 
-    export_results(root, tmp_path / "published")
-    published = json.loads((tmp_path / "published" / ROUND_JSON).read_text())
-    assert published["invocations"][0]["command"] == "percepiano round --presets han --splits composition --out ROUND"
+    export_results(root, published_at)
+    published = json.loads((published_at / ROUND_JSON).read_text())
+    assert published["invocations"][0]["command"] == (
+        "percepiano round --presets han --splits composition --mirror-to MIRROR --out ROUND")
     assert str(tmp_path) not in "".join(p.read_text() for p in (tmp_path / "published").rglob("*") if p.is_file())
 
 
