@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
 import socket
 import sys
 import time
@@ -57,7 +58,9 @@ from .data import load_dataset
 from .provenance import code_version, data_sha256, fold_identity, run_identity
 from .results import RESULTS, read_json_object
 from .round_results import ROUND_JSON, cell_path, export_results, load_history, now, write_round_json
-from .training import BEST, FOLD_RESULT, KEEP_ALL, KEEP_CHOICES, TrainConfig, existing_run_files, train_fold
+from .training import (
+    BEST, FOLD_RESULT, KEEP_ALL, KEEP_CHOICES, LAST, PREDICTIONS, TrainConfig, existing_run_files, train_fold,
+)
 
 AUTO = "auto"
 
@@ -236,16 +239,25 @@ def train_task(job: Mapping) -> dict:
     how = _start_state(fdir, identity, job["allow_code_change"], job["reuse_without_checkpoint"])
     key = f"{job['cell']} fold {job['fold']}"
     log = _task_log(key)
+    mirror = None if job.get("mirror_dir") is None else Path(job["mirror_dir"])
     if how == "reuse":  # an earlier attempt finished it and died before returning
         result = read_json_object(fdir / FOLD_RESULT, "fold result")
     else:
         hook = job.get("on_epoch_end")
+
+        def on_epoch_end(epoch: int, record: dict) -> None:
+            if mirror is not None:  # before the hook: a test's hook may kill this worker
+                mirror_fold_checkpoints(fdir, mirror)
+            if hook is not None:
+                hook(key, epoch)
+
         result = train_fold(
             model_cfg, tcfg, data, job["split"], job["fold"], fdir, feature_set=job["feature_set"],
-            device=job["device"], resume=how == "resume", progress=False, log=log,
-            on_epoch_end=(lambda epoch, record: hook(key, epoch)) if hook else None,
+            device=job["device"], resume=how == "resume", progress=False, log=log, on_epoch_end=on_epoch_end,
             run_info={"preset": job["preset"]}, allow_code_change=job["allow_code_change"], keep=job["keep"],
         )
+    if mirror is not None:  # the finished fold: --keep best's removal of last.pt, its test predictions
+        mirror_fold_checkpoints(fdir, mirror, MIRRORED_CHECKPOINTS + (PREDICTIONS,))
     return {
         "kind": "fold", "cell": job["cell"], "fold": int(job["fold"]), "how": how,
         "test_r2": result["test_r2"], "best_epoch": result["best_epoch"],
@@ -253,6 +265,32 @@ def train_task(job: Mapping) -> dict:
         "device": str(job["device"]), "threads": torch.get_num_threads(),
         "wall_seconds": time.perf_counter() - t0, **_where(),
     }
+
+
+# What --mirror-checkpoints keeps of a training fold, in this order: best.pt before last.pt, so that a mirror
+# caught between the two copies holds a last.pt no newer than its best.pt (resuming from it trains the newer
+# epoch again and writes the same best.pt; the other order could pair a last.pt with an older best.pt, whose
+# model the fold's final test would then evaluate).
+MIRRORED_CHECKPOINTS = (BEST, LAST)
+
+
+def mirror_fold_checkpoints(fdir: Path, dest: Path, names: tuple[str, ...] = MIRRORED_CHECKPOINTS) -> None:
+    """Make ``dest`` hold the files ``names`` of the fold directory ``fdir`` as they are now, in that order:
+    each copied where it is new or changed (size or modification time; through a temporary file and a rename,
+    so that ``dest`` never holds half a checkpoint), removed where ``fdir`` no longer has it (``--keep best``
+    deletes ``last.pt``). Called by the fold's worker after every epoch (``round --mirror-checkpoints``)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src, target = fdir / name, dest / name
+        if not src.is_file():
+            target.unlink(missing_ok=True)
+            continue
+        st = src.stat()
+        if target.is_file() and (target.stat().st_size, target.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+            continue
+        partial = target.with_name(target.name + ".partial")
+        shutil.copy2(src, partial)  # keeps the modification time: the next call sees it unchanged
+        os.replace(partial, target)
 
 
 def cell_task(job: Mapping) -> dict:
@@ -329,13 +367,17 @@ def run_round(
     command: str | None = None,
     on_epoch_end: Callable[[str, int], None] | None = None,
     mirror_to: str | os.PathLike | None = None,
+    mirror_checkpoints: bool = False,
 ) -> dict:
     """Run (or continue) the round ``spec`` into ``root`` on Ray and return ``round.json``'s dict.
 
     ``address``: an existing Ray cluster (``ray start --head`` prints it); None starts Ray on this machine,
     unless this process is already connected. A finished round starts no Ray at all. ``mirror_to``: after every
     finished task, copy the round's small outputs there (:func:`percepiano.round_results.export_results`), so
-    that a round on a machine that may not last loses at most its running folds. ``on_epoch_end(task key,
+    that a round on a machine that may not last loses at most its running folds; ``mirror_checkpoints`` also
+    copies every training fold's ``best.pt`` and ``last.pt`` there after each of its epochs
+    (:func:`mirror_fold_checkpoints`; the workers must see ``mirror_to``), so that it loses at most an epoch
+    of each. ``on_epoch_end(task key,
     epoch)`` runs in the worker after each epoch's checkpoints are written (tests interrupt workers with it).
     Raises ``ValueError`` for a refused plan (nothing is started) and :class:`RoundFailed` when tasks failed
     (after their retries); the others finish and ``round.json`` records both.
@@ -344,6 +386,9 @@ def run_round(
     root = Path(root)
     if mirror_to is not None and Path(mirror_to).resolve().is_relative_to(root.resolve()):
         raise ValueError(f"--mirror-to {mirror_to}: inside the round folder {root}; choose a folder outside it")
+    if mirror_checkpoints and mirror_to is None:
+        raise ValueError("--mirror-checkpoints: copies the checkpoints into the --mirror-to folder; give --mirror-to")
+    mirror_root = None if not mirror_checkpoints else Path(mirror_to).resolve()
     data_path = Path(data_path).resolve()
     data = load_dataset(data_path)
     plans = plan_round(spec, data, root)
@@ -389,7 +434,7 @@ def run_round(
         common = {"data_path": str(data_path), "code": code_version(), "data_sha256": data_sha256(data),
                   "device": res.device, "threads": res.threads, "allow_code_change": spec.allow_code_change,
                   "reuse_without_checkpoint": spec.reuse_without_checkpoint,
-                  "keep": spec.keep, "command": command, "on_epoch_end": on_epoch_end}
+                  "keep": spec.keep, "command": command, "on_epoch_end": on_epoch_end, "mirror_root": mirror_root}
 
         # A cell task reuses its finished folds and fits the baselines: seconds of work, so it asks for no CPU
         # and does not queue behind the fold tasks that hold every CPU (its results.json appears as soon as its
@@ -456,7 +501,9 @@ def _fold_job(common: Mapping, spec: RoundSpec, plan: CellPlan, fold: int, root:
     return {**_cell_fields(common, spec, plan), "fold": fold, "feature_set": PRESET_FEATURES[c.preset],
             "dir": str(root / c.path / f"fold{fold}"),
             "model_config": get_preset(c.preset, **spec.model_overrides).to_dict(),
-            "on_epoch_end": common["on_epoch_end"]}
+            "on_epoch_end": common["on_epoch_end"],
+            "mirror_dir": None if common["mirror_root"] is None else str(
+                common["mirror_root"] / c.path / f"fold{fold}")}
 
 
 def _cell_job(common: Mapping, spec: RoundSpec, plan: CellPlan, root: Path) -> dict:

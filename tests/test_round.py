@@ -5,6 +5,7 @@ two Ray nodes (`ray start --head` + `ray start --address`, one CPU each). Tiny m
 epochs) on the committed synthetic dataset, CPU, one thread per task."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -23,7 +24,7 @@ import torch
 from percepiano.checkpoints import load_checkpoint
 from percepiano.cli import main
 from percepiano.data import load_dataset
-from percepiano.round import RoundSpec, plan_round, resolve_resources, run_round
+from percepiano.round import RoundFailed, RoundSpec, plan_round, resolve_resources, run_round
 from percepiano.round_results import ROUND_JSON, summarize_round
 from percepiano.training import TrainConfig
 
@@ -284,6 +285,36 @@ def test_a_killed_worker_is_retried_from_last_pt_bitwise(local_ray, tmp_path, ca
     assert drop(logs[0]) == drop(logs[1]) and len(logs[0]) == EPOCHS
 
 
+def test_mirrored_checkpoints_continue_a_fold_on_a_new_machine_bitwise(local_ray, tmp_path):
+    """--mirror-checkpoints: a fold's worker dies after epoch 1 for good and the round folder is lost with its
+    machine; a new round folder made from the mirror alone continues the fold from epoch 1 to the result of an
+    uninterrupted run (CPU, bitwise). A finished fold's mirror holds what --keep best keeps, nothing stale."""
+    one = spec(presets=("han",), seeds=(7,), folds=(1,))
+    root, mirror, markers = tmp_path / "R", tmp_path / "mirror", tmp_path / "markers"
+    markers.mkdir()
+    with pytest.raises(RoundFailed):
+        run_round(one, DATA, root, threads_per_task=1, gpus_per_task=0, max_retries=0, mirror_to=mirror,
+                  mirror_checkpoints=True, on_epoch_end=_kill_after_first_epoch(markers))
+    fold = Path("han-performer") / "seed7" / "fold1"
+    assert load_checkpoint(mirror / fold / "last.pt")["epoch"] == 1
+    assert_same_weights(mirror / fold / "last.pt", root / fold / "last.pt")
+    assert not list((mirror / fold).glob("*.partial"))
+
+    restored = tmp_path / "new-machine"
+    shutil.copytree(mirror, restored)
+    summary = run_round(one, DATA, restored, threads_per_task=1, gpus_per_task=0)
+    assert [t["how"] for t in summary["invocations"][-1]["tasks"] if t["kind"] == "fold"] == ["resume"]
+
+    clean, clean_mirror = tmp_path / "clean", tmp_path / "clean-mirror"
+    run_round(dataclasses.replace(one, keep="best"), DATA, clean, threads_per_task=1, gpus_per_task=0,
+              mirror_to=clean_mirror, mirror_checkpoints=True)
+    assert fold_numbers(restored / fold) == fold_numbers(clean / fold)
+    assert_same_weights(restored / fold / "best.pt", clean / fold / "best.pt")
+    kept = sorted(p.name for p in (clean_mirror / fold).iterdir() if p.suffix in (".pt", ".npz", ".partial"))
+    assert kept == ["best.pt", "test_predictions.npz"]  # last.pt removed, as --keep best removed it
+    assert (clean_mirror / fold / "best.pt").read_bytes() == (clean / fold / "best.pt").read_bytes()
+
+
 def test_resources_are_checked_against_the_cluster():
     cpu_node = [{"CPU": 2.0}]
     assert resolve_resources("auto", "auto", None, cpu_node).device == "cpu"
@@ -304,6 +335,8 @@ def test_round_option_errors(tmp_path, capsys):
         (["--presets", "han", "--seeds", "7,7"], "--seeds: expected distinct"),
         (["--presets", "han", "--folds", "4"], "--folds: expected distinct comma-separated integers from 0-3"),
         (["--presets", "han", "--gpus-per-task", "half"], "--gpus-per-task: expected 'auto' or a number"),
+        (["--presets", "han", "--mirror-checkpoints"], "--mirror-checkpoints: copies the checkpoints into the "
+                                                      "--mirror-to folder; give --mirror-to"),
     ):
         assert main([*base, *extra]) == 2
         assert message in capsys.readouterr().err

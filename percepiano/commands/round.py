@@ -52,6 +52,10 @@ def register(subparsers) -> None:
     p.add_argument("--mirror-to", type=Path, default=None, metavar="DIR",
                    help="while the round runs, copy its small outputs (what --export copies) into DIR after every "
                         "finished task: on a machine that may not last, at most the running folds are lost")
+    p.add_argument("--mirror-checkpoints", action="store_true",
+                   help="with --mirror-to: also copy every training fold's best.pt and last.pt into DIR after each "
+                        "epoch (the workers must see DIR), so that at most an epoch per fold is lost; DIR then "
+                        "holds checkpoints (207 MB per han fold): not a folder you commit")
     p.add_argument("--status", action="store_true",
                    help="train nothing: print every cell's folds (done with test R2, training at epoch E, pending) "
                         "as the Markdown R2 table of README.md, from the files in ROUND (no Ray needed)")
@@ -112,6 +116,7 @@ def cmd_round(args) -> int:
             gpus_per_task=args.gpus_per_task if args.gpus_per_task == "auto" else _number(
                 args.gpus_per_task, "--gpus-per-task", float),
             max_retries=args.max_retries, log=log, command=command_line(args), mirror_to=args.mirror_to,
+            mirror_checkpoints=args.mirror_checkpoints,
         )
     except RoundFailed as exc:
         print(f"percepiano round: error: {exc}", file=sys.stderr)
