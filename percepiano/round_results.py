@@ -145,11 +145,16 @@ def format_round_table(summary: Mapping) -> str:
 # --------------------------------------------------------------------------------------------- status
 
 
+# --status gives a training fold's pace as the mean time of its last few epochs (recent load, not the start's)
+RATE_EPOCHS = 5
+
+
 def round_status(root: str | os.PathLike, request: Mapping | None = None) -> list[dict]:
     """What a round folder holds now, read from its files (no Ray, no data): one entry per cell and seed
     (``ROUND/{preset}-{split}/seed{S}/``, those of ``request`` included when they hold nothing yet) with each
     fold's state: ``done`` (its ``fold_result.json``: test R2, best epoch), ``training`` (epochs logged so far
-    in ``log.jsonl``, of the run's total) or ``pending``; and the finished folds' mean test R2 and fold std
+    in ``log.jsonl``, of the run's total, and the mean seconds of its last :data:`RATE_EPOCHS` epochs) or
+    ``pending``; and the finished folds' mean test R2 and fold std
     (population, as results.json), the published target and the ridge baseline of the split."""
     from .results import load_targets
 
@@ -176,9 +181,11 @@ def round_status(root: str | os.PathLike, request: Mapping | None = None) -> lis
                 states[fold] = {"state": "done", "test_r2": res["test_r2"], "best_epoch": res["best_epoch"],
                                 "epochs": res["epochs_trained"] or epochs}
             elif (fdir / LOG).is_file():
-                lines = [ln for ln in (fdir / LOG).read_text().splitlines() if ln.strip()]
-                done = int(json.loads(lines[-1])["epoch"]) if lines else 0
-                states[fold] = {"state": "training", "epochs_done": done, "epochs": epochs}
+                records = [json.loads(ln) for ln in (fdir / LOG).read_text().splitlines() if ln.strip()]
+                recent = [r["seconds"] for r in records[-RATE_EPOCHS:] if r.get("seconds") is not None]
+                states[fold] = {"state": "training", "epochs_done": int(records[-1]["epoch"]) if records else 0,
+                                "epochs": epochs,
+                                "seconds_per_epoch": float(np.mean(recent)) if recent else None}
             else:
                 states[fold] = {"state": "pending"}
         r2 = np.array([s["test_r2"] for s in states.values() if s["state"] == "done"], dtype=np.float64)
@@ -220,7 +227,8 @@ def format_status_markdown(rows: list[dict]) -> str:
                 if s["state"] == "done":
                     parts.append(f"{fold}: {s['test_r2']:.3f} (best epoch {s['best_epoch']})")
                 elif s["state"] == "training":
-                    parts.append(f"{fold}: epoch {s['epochs_done']}/{s['epochs']}")
+                    rate = "" if s.get("seconds_per_epoch") is None else f" ({s['seconds_per_epoch']:.0f} s/epoch)"
+                    parts.append(f"{fold}: epoch {s['epochs_done']}/{s['epochs']}{rate}")
                 else:
                     parts.append(f"{fold}: pending")
             states.append(f"seed {r['seed']}: " + ", ".join(parts))

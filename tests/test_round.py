@@ -382,14 +382,15 @@ def test_summary_lists_the_pending_seeds(finished_round):
 
 def _status_round(tmp_path) -> Path:
     """A round folder as one looks mid-way: a finished cell (4 folds), a cell with one fold done, one fold
-    training (3 epochs logged) and two not begun."""
+    training (6 epochs logged) and two not begun."""
     root = tmp_path / "R"
     shutil.copytree(TINY_RUNS / "han", root / "han-composition" / "seed7")
     partial = root / "bilstm-performer" / "seed7"
     shutil.copytree(TINY_RUNS / "han" / "fold1", partial / "fold3")
     (partial / "fold0").mkdir()
-    (partial / "fold0" / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "valid_loss": 0.1}) + "\n"
-                                                         for e in (1, 2, 3)))
+    seconds = (900.0, 100.0, 110.0, 120.0, 130.0, 140.0)  # the pace is the last 5 epochs' mean: 120 s
+    (partial / "fold0" / "log.jsonl").write_text("".join(json.dumps({"epoch": e, "valid_loss": 0.1, "seconds": t})
+                                                         + "\n" for e, t in enumerate(seconds, start=1)))
     return root
 
 
@@ -408,7 +409,8 @@ def test_status_reads_every_cells_folds_without_ray(tmp_path, capsys, monkeypatc
     bilstm = rows["| `bilstm` performer"]
     fold1 = finished["folds"][1]["test_r2"]
     assert bilstm[1] == f"{fold1:.3f} (one fold)" and bilstm[2] == "1 × 1"
-    assert bilstm[5] == f"seed 7: 0: epoch 3/100, 1: pending, 2: pending, 3: {fold1:.3f} (best epoch 3) |"
+    assert bilstm[5] == (f"seed 7: 0: epoch 6/100 (120 s/epoch), 1: pending, 2: pending, 3: {fold1:.3f} "
+                         f"(best epoch 3) |")
     assert rows["| `han` performer"][1:3] == ["-", "0 × 1"]  # asked for, nothing there yet
 
 
