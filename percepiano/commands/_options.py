@@ -20,14 +20,14 @@ def add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="percepiano_vnet_m2pf.npz (default: $PERCEPIANO_DATA)")
 
 
-def add_raw(p: argparse.ArgumentParser) -> None:
+def add_data_and_raw(p: argparse.ArgumentParser) -> None:
     """``--data`` (the reference processed npz) and ``--raw`` (the dataset's raw/ folder): the feature commands."""
     add_data(p)
     p.add_argument("--raw", default=None, help="raw/ folder of the dataset (default: $PERCEPIANO_RAW)")
 
 
 def raw_paths(args) -> tuple:
-    """The ``--data`` and ``--raw`` of :func:`add_raw` (or their environment variables), both existing."""
+    """The ``--data`` and ``--raw`` of :func:`add_data_and_raw` (or their environment variables), both existing."""
     return (existing_path(args.data, "PERCEPIANO_DATA", "--data"), existing_path(args.raw, "PERCEPIANO_RAW", "--raw"))
 
 

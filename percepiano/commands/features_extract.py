@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._options import add_raw, log, raw_paths
+from ._options import add_data_and_raw, log, raw_paths
 
 
 def register(subparsers) -> None:
@@ -16,7 +16,7 @@ def register(subparsers) -> None:
         "features-extract", help="re-extract the whole dataset with this pipeline into a new npz (same format)",
         description="Per-note arrays from our pipeline (our aligner by default), labels/splits copied from --data; "
                     "train on the result with `percepiano train --data OUT`.")
-    add_raw(e)
+    add_data_and_raw(e)
     e.add_argument("--out", required=True, type=Path, help="output .npz")
     e.add_argument("--fix", action="append", default=[], metavar="NAME",
                    help="quirk fix to apply (repeatable): " + ", ".join(_fix_names()))

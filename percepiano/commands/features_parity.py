@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..constants import SPLIT_SCHEMES
-from ._options import add_raw, existing_path, log, raw_paths
+from ._options import add_data_and_raw, existing_path, log, raw_paths
 
 CHECKS = ("score", "corresp", "aligner", "e2e")
 
@@ -22,7 +22,7 @@ def register(subparsers) -> None:
         "features-parity", help="compare the pure-Python feature pipeline with the original's processed data",
         description="Score side on all excerpts, the whole matrix fed the original pairs, and our aligner "
                     "against the original final pairs (docs/features.md).")
-    add_raw(p)
+    add_data_and_raw(p)
     p.add_argument("--alignments", default=None,
                    help="folder of *_infer_corresp.txt files (default: $PERCEPIANO_ALIGNMENTS)")
     p.add_argument("--check", default="score,corresp,aligner",
