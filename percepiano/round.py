@@ -257,7 +257,7 @@ def train_task(job: Mapping) -> dict:
             run_info={"preset": job["preset"]}, allow_code_change=job["allow_code_change"], keep=job["keep"],
         )
     if mirror is not None:  # the finished fold: --keep best's removal of last.pt, its test predictions
-        mirror_fold_checkpoints(fdir, mirror, MIRRORED_CHECKPOINTS + (PREDICTIONS,))
+        mirror_fold_checkpoints(fdir, mirror, FINISHED_FOLD_MIRROR)
     return {
         "kind": "fold", "cell": job["cell"], "fold": int(job["fold"]), "how": how,
         "test_r2": result["test_r2"], "best_epoch": result["best_epoch"],
@@ -272,6 +272,7 @@ def train_task(job: Mapping) -> dict:
 # epoch again and writes the same best.pt; the other order could pair a last.pt with an older best.pt, whose
 # model the fold's final test would then evaluate).
 MIRRORED_CHECKPOINTS = (BEST, LAST)
+FINISHED_FOLD_MIRROR = MIRRORED_CHECKPOINTS + (PREDICTIONS,)  # and, once a fold is finished, its predictions
 
 
 def mirror_fold_checkpoints(fdir: Path, dest: Path, names: tuple[str, ...] = MIRRORED_CHECKPOINTS) -> None:
@@ -377,7 +378,7 @@ def run_round(
     that a round on a machine that may not last loses at most its running folds; ``mirror_checkpoints`` also
     copies every training fold's ``best.pt`` and ``last.pt`` there after each of its epochs
     (:func:`mirror_fold_checkpoints`; the workers must see ``mirror_to``), so that it loses at most an epoch
-    of each. ``on_epoch_end(task key,
+    of each, and those of the folds finished before, with their test predictions, at the start. ``on_epoch_end(task key,
     epoch)`` runs in the worker after each epoch's checkpoints are written (tests interrupt workers with it).
     Raises ``ValueError`` for a refused plan (nothing is started) and :class:`RoundFailed` when tasks failed
     (after their retries); the others finish and ``round.json`` records both.
@@ -399,6 +400,11 @@ def run_round(
         f"{n_fold_tasks} to train, {len(pending)} results.json to write")
     request = _request(spec, command)
     invocation = {"started": now(), "request": request, "address": address, "tasks": [], "failed": []}
+    if mirror_root is not None:  # the folds finished before: the mirror holds every fold's checkpoints
+        for plan in plans:
+            for fold in plan.reuse:
+                sub = Path(plan.cell.path) / f"fold{fold}"
+                mirror_fold_checkpoints(root / sub, mirror_root / sub, FINISHED_FOLD_MIRROR)
     if not pending:
         invocation.update(finished=now(), wall_seconds=0.0, note="nothing to train: every cell is finished")
         return _record(root, request, history + [invocation], mirror_to)

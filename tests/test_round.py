@@ -288,7 +288,8 @@ def test_a_killed_worker_is_retried_from_last_pt_bitwise(local_ray, tmp_path, ca
 def test_mirrored_checkpoints_continue_a_fold_on_a_new_machine_bitwise(local_ray, tmp_path):
     """--mirror-checkpoints: a fold's worker dies after epoch 1 for good and the round folder is lost with its
     machine; a new round folder made from the mirror alone continues the fold from epoch 1 to the result of an
-    uninterrupted run (CPU, bitwise). A finished fold's mirror holds what --keep best keeps, nothing stale."""
+    uninterrupted run (CPU, bitwise). A finished fold's mirror holds what --keep best keeps, nothing stale; a
+    round started with the option mirrors the folds it finished before."""
     one = spec(presets=("han",), seeds=(7,), folds=(1,))
     root, mirror, markers = tmp_path / "R", tmp_path / "mirror", tmp_path / "markers"
     markers.mkdir()
@@ -304,6 +305,10 @@ def test_mirrored_checkpoints_continue_a_fold_on_a_new_machine_bitwise(local_ray
     shutil.copytree(mirror, restored)
     summary = run_round(one, DATA, restored, threads_per_task=1, gpus_per_task=0)
     assert [t["how"] for t in summary["invocations"][-1]["tasks"] if t["kind"] == "fold"] == ["resume"]
+    late = tmp_path / "mirror-of-the-finished-round"  # nothing to train: the finished folds are mirrored
+    run_round(one, DATA, restored, threads_per_task=1, gpus_per_task=0, mirror_to=late, mirror_checkpoints=True)
+    for name in ("best.pt", "last.pt", "test_predictions.npz"):
+        assert (late / fold / name).read_bytes() == (restored / fold / name).read_bytes()
 
     clean, clean_mirror = tmp_path / "clean", tmp_path / "clean-mirror"
     run_round(dataclasses.replace(one, keep="best"), DATA, clean, threads_per_task=1, gpus_per_task=0,
