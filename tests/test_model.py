@@ -299,6 +299,7 @@ def test_temperature_changes_attention_weights_only_when_not_1(batch):
             assert torch.equal(inter[key], ref[key]) is same
 
 
+@torch.no_grad()  # reads the initial values only
 def test_default_init_follows_the_original_laws():
     model = PercePianoModel(PRESETS["han"])
     for name, p in model.named_parameters():
