@@ -277,7 +277,8 @@ FINISHED_FOLD_MIRROR = MIRRORED_CHECKPOINTS + (PREDICTIONS,)  # and, once a fold
 
 def mirror_fold_checkpoints(fdir: Path, dest: Path, names: tuple[str, ...] = MIRRORED_CHECKPOINTS) -> None:
     """Make ``dest`` hold the files ``names`` of the fold directory ``fdir`` as they are now, in that order:
-    each copied where it is new or changed (size or modification time; through a temporary file and a rename,
+    each copied where it is new or changed (size or modification time: the fold's checkpoints are rewritten
+    whole once an epoch, so a changed one has a later time; through a temporary file and a rename,
     so that ``dest`` never holds half a checkpoint), removed where ``fdir`` no longer has it (``--keep best``
     deletes ``last.pt``). Called by the fold's worker after every epoch (``round --mirror-checkpoints``)."""
     dest.mkdir(parents=True, exist_ok=True)

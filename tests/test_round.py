@@ -320,6 +320,28 @@ def test_mirrored_checkpoints_continue_a_fold_on_a_new_machine_bitwise(local_ray
     assert (clean_mirror / fold / "best.pt").read_bytes() == (clean / fold / "best.pt").read_bytes()
 
 
+def test_mirror_fold_checkpoints_copies_what_changed_and_removes_what_is_gone(tmp_path):
+    from percepiano.round import mirror_fold_checkpoints
+
+    fold, dest = tmp_path / "fold1", tmp_path / "mirror" / "fold1"
+    fold.mkdir()
+    (fold / "best.pt").write_bytes(b"best of epoch 1")
+    (fold / "last.pt").write_bytes(b"last of epoch 1")
+    mirror_fold_checkpoints(fold, dest)
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == {"best.pt": b"best of epoch 1",
+                                                               "last.pt": b"last of epoch 1"}
+    unchanged = (dest / "best.pt").stat().st_ino
+    (fold / "last.pt").write_bytes(b"last of epoch 2")  # epoch 2: no better valid loss, best.pt stays
+    later = (dest / "last.pt").stat().st_mtime_ns + 10**9  # an epoch later, whatever the clock's resolution
+    os.utime(fold / "last.pt", ns=(later, later))
+    mirror_fold_checkpoints(fold, dest)
+    assert (dest / "best.pt").stat().st_ino == unchanged  # not copied again
+    assert (dest / "last.pt").read_bytes() == b"last of epoch 2"
+    (fold / "last.pt").unlink()  # --keep best, once the fold is finished
+    mirror_fold_checkpoints(fold, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["best.pt"]
+
+
 def test_resources_are_checked_against_the_cluster():
     cpu_node = [{"CPU": 2.0}]
     assert resolve_resources("auto", "auto", None, cpu_node).device == "cpu"
