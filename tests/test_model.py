@@ -313,6 +313,7 @@ def test_default_init_follows_the_original_laws():
     assert abs(float(forget.mean())) < 0.01  # no forget-gate bias of 1
 
 
+@torch.no_grad()  # reads the initial values only
 def test_alternative_inits_are_detectable():
     ortho = PercePianoModel(ModelConfig(init="orthogonal_lstm", hidden_size=16))
     w = ortho.note_lstm.weight_hh_l0[:16]
