@@ -379,8 +379,8 @@ def run_round(
     that a round on a machine that may not last loses at most its running folds; ``mirror_checkpoints`` also
     copies every training fold's ``best.pt`` and ``last.pt`` there after each of its epochs
     (:func:`mirror_fold_checkpoints`; the workers must see ``mirror_to``), so that it loses at most an epoch
-    of each, and those of the folds finished before, with their test predictions, at the start. ``on_epoch_end(task key,
-    epoch)`` runs in the worker after each epoch's checkpoints are written (tests interrupt workers with it).
+    of each, and those of the folds finished before, with their test predictions, at the start.
+    ``on_epoch_end(task key, epoch)`` runs in the worker after each epoch's checkpoints are written (tests interrupt workers with it).
     Raises ``ValueError`` for a refused plan (nothing is started) and :class:`RoundFailed` when tasks failed
     (after their retries); the others finish and ``round.json`` records both.
     """

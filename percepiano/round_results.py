@@ -249,13 +249,15 @@ def export_results(root: str | os.PathLike, dest: str | os.PathLike) -> list[Pat
     """Copy the small outputs of the round folder ``root`` (:data:`EXPORTED_FILES`, at their relative paths)
     into ``dest``; returns the files written. Checkpoints and test predictions are never copied. The round
     folder's own path, which the recorded command lines hold (``--out``), is written ``ROUND``, and ``dest``'s
-    (``--mirror-to``) ``MIRROR``: published outputs name no path of the machine that ran them."""
+    (``--mirror-to``) ``MIRROR``: published outputs name no path of the machine that ran them. Only absolute
+    spellings are replaced: a relative one names no machine, and a short one (``--export r``) would match
+    inside other words."""
     root, dest = Path(root), Path(dest)
     if not root.is_dir():
         raise ValueError(f"{root}: no such round folder")
 
     def spellings_of(path: Path, placeholder: str) -> list[tuple[str, str]]:
-        return [(s, placeholder) for s in {str(path), str(path.resolve()), str(path.absolute())}]
+        return [(s, placeholder) for s in {str(path.resolve()), str(path.absolute())}]
 
     # Longest first, so that a folder inside the other is replaced whole.
     spellings = sorted(spellings_of(root, "ROUND") + spellings_of(dest, "MIRROR"), key=lambda p: len(p[0]),

@@ -470,6 +470,22 @@ def test_export_writes_the_round_and_mirror_folders_as_ROUND_and_MIRROR(tmp_path
     assert str(tmp_path) not in "".join(p.read_text() for p in (tmp_path / "published").rglob("*") if p.is_file())
 
 
+def test_export_to_a_relative_folder_leaves_the_other_text_alone(tmp_path, monkeypatch):
+    """A relative --export path names no machine and is not replaced: a short one would match inside words."""
+    root = _status_round(tmp_path)
+    command = f"percepiano round --presets han --splits composition --folds 0,1 --out {root.resolve()}"
+    (root / ROUND_JSON).write_text(json.dumps({"request": {}, "invocations": [{"command": command}]}))
+    from percepiano.round_results import export_results
+
+    monkeypatch.chdir(tmp_path)
+    export_results(root, Path("o"))
+    published = json.loads((tmp_path / "o" / ROUND_JSON).read_text())
+    assert published["invocations"][0]["command"] == (
+        "percepiano round --presets han --splits composition --folds 0,1 --out ROUND")
+    log = "bilstm-performer/seed7/fold0/log.jsonl"
+    assert (tmp_path / "o" / log).read_bytes() == (root / log).read_bytes()
+
+
 def test_status_of_a_missing_round_folder_is_an_error(tmp_path, capsys):
     assert main(["round", "--status", "--out", str(tmp_path / "none")]) == 2
     assert "--out" in capsys.readouterr().err
