@@ -31,7 +31,7 @@ from .constants import BASELINES, N_FOLDS, PRESET_FEATURES
 from .data import PercePianoData, load_dataset
 from .metrics import evaluate_predictions, r2
 from .provenance import check_identity, data_info, environment_info, fold_identity, run_identity
-from .results import RESULTS, SEEDS, load_seeds_index, read_json_object, write_results, write_seeds_index
+from .results import RESULTS, SEEDS, fold_dir, load_seeds_index, read_json_object, write_results, write_seeds_index
 from .training import (
     BEST,
     FOLD_FILES,
@@ -129,15 +129,15 @@ def run_cv(
 
     fold_results, pending, code_changes, without_checkpoint = [], [], [], []
     for fold in folds:
-        how, saved, change = fold_state(out / f"fold{fold}", fold_identity(identity, fold), is_baseline,
+        how, saved, change = fold_state(out / fold_dir(fold), fold_identity(identity, fold), is_baseline,
                                          allow_code_change, reuse_without_checkpoint) if resume else ("new", None, None)
         if how == "reuse":
             fold_results.append(saved)
-            if not is_baseline and not (out / f"fold{fold}" / BEST).is_file():
+            if not is_baseline and not (out / fold_dir(fold) / BEST).is_file():
                 without_checkpoint.append(fold)
             log(f"already finished, reused: {fold_summary_line(saved)}")
-            if keep != KEEP_ALL and (out / f"fold{fold}" / LAST).is_file():
-                (out / f"fold{fold}" / LAST).unlink()  # what --keep asks of every finished fold
+            if keep != KEEP_ALL and (out / fold_dir(fold) / LAST).is_file():
+                (out / fold_dir(fold) / LAST).unlink()  # what --keep asks of every finished fold
                 log(f"fold {fold}: removed {LAST} (--keep {keep})")
             if change is not None:
                 code_changes.append({"fold": fold, "how": "reused", **change})
@@ -152,7 +152,7 @@ def run_cv(
         )
         pending = []
     for fold, resume_fold in pending:
-        fdir = out / f"fold{fold}"
+        fdir = out / fold_dir(fold)
         if is_baseline:
             res = run_baseline_fold(preset, data, split, fold, fdir, tcfg)
         else:
@@ -165,7 +165,7 @@ def run_cv(
         fold_results.append(res)
     fold_results.sort(key=lambda r: r["fold"])
     for res in fold_results:
-        res["dir"] = f"fold{res['fold']}"  # relative to results.json
+        res["dir"] = fold_dir(res['fold'])  # relative to results.json
         code_changes += [{"fold": res["fold"], "how": "resumed", **c} for c in res.get("code_changes") or []]
     # Every results table shows the honest baselines beside a neural model: same split, same folds.
     baseline_summary = None
@@ -391,7 +391,7 @@ def _train_folds_in_parallel(model_cfg, tcfg, data, split, pending, out, feature
     workers = min(int(workers), len(folds))
     jobs = [
         {"model_cfg": model_cfg.to_dict(), "tcfg": tcfg.to_dict(), "data_path": data.path, "split": split, "fold": f,
-         "out": str(out / f"fold{f}"), "feature_set": feature_set, "device": str(device), "resume": resume_fold,
+         "out": str(out / fold_dir(f)), "feature_set": feature_set, "device": str(device), "resume": resume_fold,
          "threads": threads, "preset": preset, "allow_code_change": allow_code_change, "keep": keep,
          "step_log": step_log}
         for f, resume_fold in pending

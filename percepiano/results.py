@@ -23,6 +23,13 @@ from typing import Collection, Iterable, Mapping
 import numpy as np
 
 RESULTS = "results.json"
+
+
+def fold_dir(fold: int) -> str:
+    """The folder of fold ``fold`` in a run directory (a ``percepiano cv`` run, a round's cell): ``fold{k}``."""
+    return f"fold{int(fold)}"
+
+
 # How far results.json's mean_test_r2 may be from the mean of its folds' test_r2 (float rounding only: cv
 # writes float(np.mean(...)) of the same numbers).
 MEAN_TOLERANCE = 1e-9

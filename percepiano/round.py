@@ -56,7 +56,7 @@ from .constants import (
 from .cv import check_run_dir, fold_state, run_cv
 from .data import load_dataset
 from .provenance import code_version, data_sha256, fold_identity, run_identity
-from .results import RESULTS, read_json_object
+from .results import RESULTS, fold_dir, read_json_object
 from .round_results import ROUND_JSON, cell_path, export_results, load_history, now, write_round_json
 from .training import (
     BEST, FOLD_RESULT, KEEP_ALL, KEEP_CHOICES, LAST, PREDICTIONS, TrainConfig, existing_run_files, train_fold,
@@ -120,6 +120,9 @@ class Cell:
     def path(self) -> str:  # relative to ROUND
         return cell_path(self.preset, self.split, self.seed)
 
+    def fold_path(self, fold: int) -> str:  # a fold's folder relative to ROUND (the same in the round's mirror)
+        return f"{self.path}/{fold_dir(fold)}"
+
 
 @dataclass
 class CellPlan:
@@ -157,7 +160,7 @@ def plan_round(spec: RoundSpec, data, root: str | os.PathLike) -> list[CellPlan]
             check_run_dir(cdir, identity, list(spec.folds), True, spec.allow_code_change)
             reuse, train = [], []
             for fold in spec.folds:
-                how, _, _ = fold_state(cdir / f"fold{fold}", fold_identity(identity, fold), False,
+                how, _, _ = fold_state(cdir / fold_dir(fold), fold_identity(identity, fold), False,
                                         spec.allow_code_change, spec.reuse_without_checkpoint)
                 (reuse.append(fold) if how == "reuse" else train.append((fold, how)))
         except ValueError as exc:
@@ -404,7 +407,7 @@ def run_round(
     if mirror_root is not None:  # the folds finished before: the mirror holds every fold's checkpoints
         for plan in plans:
             for fold in plan.reuse:
-                sub = Path(plan.cell.path) / f"fold{fold}"
+                sub = plan.cell.fold_path(fold)
                 mirror_fold_checkpoints(root / sub, mirror_root / sub, FINISHED_FOLD_MIRROR)
     if not pending:
         invocation.update(finished=now(), wall_seconds=0.0, note="nothing to train: every cell is finished")
@@ -458,7 +461,7 @@ def run_round(
             waiting[plan.cell.path] = {f for f, _ in plan.train}
             for fold, _ in plan.train:
                 job = _fold_job(common, spec, plan, fold, root)
-                futures[remote_fold.options(name=f"{plan.cell.path}/fold{fold}", **opts).remote(job)] = (plan, fold)
+                futures[remote_fold.options(name=plan.cell.fold_path(fold), **opts).remote(job)] = (plan, fold)
             if not plan.train:
                 submit_cell(plan)
         total, done = len(futures) + sum(1 for p in pending if p.train), 0
@@ -506,11 +509,11 @@ def _fold_job(common: Mapping, spec: RoundSpec, plan: CellPlan, fold: int, root:
     """The argument of :func:`train_task` for ``fold`` of the cell ``plan``."""
     c = plan.cell
     return {**_cell_fields(common, spec, plan), "fold": fold, "feature_set": PRESET_FEATURES[c.preset],
-            "dir": str(root / c.path / f"fold{fold}"),
+            "dir": str(root / c.fold_path(fold)),
             "model_config": get_preset(c.preset, **spec.model_overrides).to_dict(),
             "on_epoch_end": common["on_epoch_end"],
             "mirror_dir": None if common["mirror_root"] is None else str(
-                common["mirror_root"] / c.path / f"fold{fold}")}
+                common["mirror_root"] / c.fold_path(fold))}
 
 
 def _cell_job(common: Mapping, spec: RoundSpec, plan: CellPlan, root: Path) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .checkpoints import atomic_write_text
 from .constants import BASELINES, N_FOLDS, PROTOCOL_EPOCHS
-from .results import RESULTS, load_results, read_json_object
+from .results import RESULTS, fold_dir, load_results, read_json_object
 from .training import FOLD_RESULT, LOG
 
 ROUND_JSON = "round.json"
@@ -153,8 +153,8 @@ def round_status(root: str | os.PathLike, request: Mapping | None = None) -> lis
     """What a round folder holds now, read from its files (no Ray, no data): one entry per cell and seed
     (``ROUND/{preset}-{split}/seed{S}/``, those of ``request`` included when they hold nothing yet) with each
     fold's state: ``done`` (its ``fold_result.json``: test R2, best epoch), ``training`` (epochs logged so far
-    in ``log.jsonl``, of the run's total, and the mean seconds of its last :data:`RATE_EPOCHS` epochs) or
-    ``pending``; and the finished folds' mean test R2 and fold std
+    in ``log.jsonl``, of the run's total, the mean seconds of its last :data:`RATE_EPOCHS` epochs and the
+    seconds left at that pace) or ``pending``; and the finished folds' mean test R2 and fold std
     (population, as results.json), the published target and the ridge baseline of the split."""
     from .results import load_targets
 
@@ -175,7 +175,7 @@ def round_status(root: str | os.PathLike, request: Mapping | None = None) -> lis
         cell_dir = root / cell_path(preset, split, seed)
         states = {}
         for fold in sorted(set(folds) | {int(p.name[4:]) for p in cell_dir.glob("fold*") if p.name[4:].isdigit()}):
-            fdir = cell_dir / f"fold{fold}"
+            fdir = cell_dir / fold_dir(fold)
             if (fdir / FOLD_RESULT).is_file():
                 res = fold_numbers(read_json_object(fdir / FOLD_RESULT, "fold result"))
                 states[fold] = {"state": "done", "test_r2": res["test_r2"], "best_epoch": res["best_epoch"],
@@ -183,9 +183,12 @@ def round_status(root: str | os.PathLike, request: Mapping | None = None) -> lis
             elif (fdir / LOG).is_file():
                 records = [json.loads(ln) for ln in (fdir / LOG).read_text().splitlines() if ln.strip()]
                 recent = [r["seconds"] for r in records[-RATE_EPOCHS:] if r.get("seconds") is not None]
-                states[fold] = {"state": "training", "epochs_done": int(records[-1]["epoch"]) if records else 0,
-                                "epochs": epochs,
-                                "seconds_per_epoch": float(np.mean(recent)) if recent else None}
+                done = int(records[-1]["epoch"]) if records else 0
+                rate = float(np.mean(recent)) if recent else None
+                states[fold] = {"state": "training", "epochs_done": done, "epochs": epochs,
+                                "seconds_per_epoch": rate,
+                                # at the recent pace; the final test evaluation adds about one epoch's eval
+                                "seconds_left": None if rate is None else max(epochs - done, 0) * rate}
             else:
                 states[fold] = {"state": "pending"}
         r2 = np.array([s["test_r2"] for s in states.values() if s["state"] == "done"], dtype=np.float64)
@@ -227,7 +230,8 @@ def format_status_markdown(rows: list[dict]) -> str:
                 if s["state"] == "done":
                     parts.append(f"{fold}: {s['test_r2']:.3f} (best epoch {s['best_epoch']})")
                 elif s["state"] == "training":
-                    rate = "" if s.get("seconds_per_epoch") is None else f" ({s['seconds_per_epoch']:.0f} s/epoch)"
+                    rate = "" if s.get("seconds_per_epoch") is None else \
+                        f" ({s['seconds_per_epoch']:.0f} s/epoch, {s['seconds_left'] / 3600:.1f} h left)"
                     parts.append(f"{fold}: epoch {s['epochs_done']}/{s['epochs']}{rate}")
                 else:
                     parts.append(f"{fold}: pending")

@@ -436,7 +436,8 @@ def test_status_reads_every_cells_folds_without_ray(tmp_path, capsys, monkeypatc
     bilstm = rows["| `bilstm` performer"]
     fold1 = finished["folds"][1]["test_r2"]
     assert bilstm[1] == f"{fold1:.3f} (one fold)" and bilstm[2] == "1 × 1"
-    assert bilstm[5] == (f"seed 7: 0: epoch 6/100 (120 s/epoch), 1: pending, 2: pending, 3: {fold1:.3f} "
+    # fold 0: the last 5 epochs' mean pace, and 94 epochs left at it (11,280 s)
+    assert bilstm[5] == (f"seed 7: 0: epoch 6/100 (120 s/epoch, 3.1 h left), 1: pending, 2: pending, 3: {fold1:.3f} "
                          f"(best epoch 3) |")
     assert rows["| `han` performer"][1:3] == ["-", "0 × 1"]  # asked for, nothing there yet
 
