@@ -129,15 +129,16 @@ def run_cv(
 
     fold_results, pending, code_changes, without_checkpoint = [], [], [], []
     for fold in folds:
-        how, saved, change = fold_state(out / fold_dir(fold), fold_identity(identity, fold), is_baseline,
+        fdir = out / fold_dir(fold)
+        how, saved, change = fold_state(fdir, fold_identity(identity, fold), is_baseline,
                                          allow_code_change, reuse_without_checkpoint) if resume else ("new", None, None)
         if how == "reuse":
             fold_results.append(saved)
-            if not is_baseline and not (out / fold_dir(fold) / BEST).is_file():
+            if not is_baseline and not (fdir / BEST).is_file():
                 without_checkpoint.append(fold)
             log(f"already finished, reused: {fold_summary_line(saved)}")
-            if keep != KEEP_ALL and (out / fold_dir(fold) / LAST).is_file():
-                (out / fold_dir(fold) / LAST).unlink()  # what --keep asks of every finished fold
+            if keep != KEEP_ALL and (fdir / LAST).is_file():
+                (fdir / LAST).unlink()  # what --keep asks of every finished fold
                 log(f"fold {fold}: removed {LAST} (--keep {keep})")
             if change is not None:
                 code_changes.append({"fold": fold, "how": "reused", **change})
@@ -165,7 +166,7 @@ def run_cv(
         fold_results.append(res)
     fold_results.sort(key=lambda r: r["fold"])
     for res in fold_results:
-        res["dir"] = fold_dir(res['fold'])  # relative to results.json
+        res["dir"] = fold_dir(res["fold"])  # relative to results.json
         code_changes += [{"fold": res["fold"], "how": "resumed", **c} for c in res.get("code_changes") or []]
     # Every results table shows the honest baselines beside a neural model: same split, same folds.
     baseline_summary = None

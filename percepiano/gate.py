@@ -224,7 +224,7 @@ def round_predictions(rnd: Round) -> list[paired.FoldPredictions]:
         run_dir = Path(res["_path"]).parent
         for k, entry in enumerate(res["folds"]):
             d = fold_directory(run_dir, entry)
-            npz = (d / PREDICTIONS) if d is not None else run_dir / str(entry.get("dir", fold_dir(entry.get('fold', k)))) / PREDICTIONS
+            npz = (d / PREDICTIONS) if d is not None else run_dir / str(entry.get("dir", fold_dir(entry.get("fold", k)))) / PREDICTIONS
             if not npz.is_file():
                 raise FileNotFoundError(
                     f"no per-segment test predictions: {npz} (the paired gate needs every fold's {PREDICTIONS}, "
