@@ -14,7 +14,7 @@ import numpy as np
 
 from .checkpoints import atomic_write_text
 from .constants import BASELINES, N_FOLDS, PROTOCOL_EPOCHS
-from .results import RESULTS, fold_dir, load_results, read_json_object
+from .results import RESULTS, fold_dir, load_log, load_results, read_json_object
 from .training import FOLD_RESULT, LOG
 
 ROUND_JSON = "round.json"
@@ -181,7 +181,7 @@ def round_status(root: str | os.PathLike, request: Mapping | None = None) -> lis
                 states[fold] = {"state": "done", "test_r2": res["test_r2"], "best_epoch": res["best_epoch"],
                                 "epochs": res["epochs_trained"] or epochs}
             elif (fdir / LOG).is_file():
-                records = [json.loads(ln) for ln in (fdir / LOG).read_text().splitlines() if ln.strip()]
+                records = load_log(fdir / LOG)  # a line cut short (a run killed mid-append): error naming file and line
                 recent = [r["seconds"] for r in records[-RATE_EPOCHS:] if r.get("seconds") is not None]
                 done = int(records[-1]["epoch"]) if records else 0
                 rate = float(np.mean(recent)) if recent else None

@@ -442,6 +442,15 @@ def test_status_reads_every_cells_folds_without_ray(tmp_path, capsys, monkeypatc
     assert rows["| `han` performer"][1:3] == ["-", "0 × 1"]  # asked for, nothing there yet
 
 
+def test_status_names_the_log_line_it_cannot_read(tmp_path, capsys):
+    root = _status_round(tmp_path)
+    log = root / "bilstm-performer" / "seed7" / "fold0" / "log.jsonl"
+    log.write_text(log.read_text() + '{"epoch": 7, "valid_lo')  # a run killed while appending its epoch
+    assert main(["round", "--status", "--out", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert str(log) in err and "line 7 is not valid JSON" in err
+
+
 def test_export_copies_the_small_outputs_only(tmp_path, capsys):
     root = _status_round(tmp_path)
     (root / "bilstm-performer" / "seed7" / "fold0" / "last.pt").write_bytes(b"checkpoint")
