@@ -376,6 +376,28 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def steps_of_finished_epochs(path: str | os.PathLike, epochs_done: int) -> list[dict]:
+    """The records of a ``steps.jsonl`` that belong to the first ``epochs_done`` epochs (what a resume from a
+    ``last.pt`` after that epoch keeps). An epoch's steps are appended before its ``last.pt`` is written, so a
+    last line cut short (a run killed while appending) belongs to an epoch that is trained again: dropped. Any
+    other line that is not a JSON object with an integer ``epoch`` is a ``ValueError`` naming file and line."""
+    p = Path(path)
+    lines = [(n, ln) for n, ln in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1) if ln.strip()]
+    kept = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{p}: line {number} is not valid JSON ({exc})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            raise ValueError(f"{p}: line {number}: expected a JSON object with an integer 'epoch' (one step's record)")
+        if row["epoch"] <= epochs_done:
+            kept.append(row)
+    return kept
+
+
 def fold_indices(data: PercePianoData, split: str, fold: int, tcfg: TrainConfig) -> dict[str, np.ndarray]:
     """The dataset rows of each part of a fold: ascending, or, when replaying the original (rng "original"), in
     the order it lists their files (:func:`percepiano.replay.original_file_order`); then ``limit_segments``.
@@ -479,9 +501,12 @@ def train_fold(
         history = list(ck["history"])
         atomic_write_text("".join(json.dumps(r) + "\n" for r in history), log_path)
         if steps_path.is_file():  # drop the steps of an epoch that did not finish
-            kept = [ln for ln in steps_path.read_text().splitlines(keepends=True) if ln.strip()
-                    and json.loads(ln)["epoch"] <= start_epoch]
-            atomic_write_text("".join(kept), steps_path)
+            kept = steps_of_finished_epochs(steps_path, start_epoch)
+            logged = kept[-1].get("step") if kept else 0
+            if logged != int(scheduler.last_epoch):  # e.g. a run resumed without --step-log before
+                log(f"{steps_path}: holds the steps up to {logged}, {last_path.name} is after step "
+                    f"{int(scheduler.last_epoch)}: the steps in between are missing from the step log")
+            atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), steps_path)
         log(f"resumed {out} after epoch {start_epoch} (best epoch {best_epoch}, valid loss {best_loss:.6g})")
 
     idx = fold_indices(data, split, fold, tcfg_run)
@@ -534,6 +559,10 @@ def train_fold(
             )
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
+        if step_log:  # before last.pt: a run stopped in between trains this epoch again (resume drops its steps)
+            with open(steps_path, "a") as f:
+                f.writelines(json.dumps({**r, "loss": float(r["loss"]), "grad_norm": float(r["grad_norm"])}) + "\n"
+                             for r in steps)
         atomic_save(
             {
                 "format": CHECKPOINT_FORMAT, "kind": "last", "model_state": cpu_state(model),
@@ -547,10 +576,6 @@ def train_fold(
         )
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if step_log:
-            with open(steps_path, "a") as f:
-                f.writelines(json.dumps({**r, "loss": float(r["loss"]), "grad_norm": float(r["grad_norm"])}) + "\n"
-                             for r in steps)
         # in-training test metrics (the original logs them at the loaders' batch size); the reported number is
         # the final evaluation of the best checkpoint (fold_summary_line)
         test_txt = (f" test_r2@batch{tcfg.eval_batch_size} {record['test_r2']:.4f} (in-training eval, logged only)"

@@ -332,6 +332,47 @@ def test_replayed_run_is_a_function_of_the_seed_and_resumes_bitwise(ds, tmp_path
     assert (tmp_path / "cut" / T.STEPS).read_text() == steps  # the eval loaders' seed draws are in the saved state
 
 
+def test_the_step_log_survives_a_run_killed_between_or_while_writing(ds, tmp_path, monkeypatch):
+    """An epoch's steps go to steps.jsonl before its last.pt: a run killed right after last.pt, or while it
+    appends the next epoch's steps (a line cut short), resumes to the uninterrupted run's step log; a damaged
+    line elsewhere is an error naming the file and the line."""
+    cfg, tcfg = get_preset("han", hidden_size=8), T.TrainConfig(epochs=2, lr=1e-3)
+
+    def train(name, **kw):
+        return T.train_fold(cfg, tcfg, ds, "composition", 0, tmp_path / name, progress=False, step_log=True, **kw)
+
+    train("whole")
+    whole = (tmp_path / "whole" / T.STEPS).read_text()
+    save = T.atomic_save
+
+    def killed_after_last_pt(state, path):
+        save(state, path)
+        if state.get("kind") == "last" and state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "atomic_save", killed_after_last_pt)
+    with pytest.raises(KeyboardInterrupt):
+        train("after_last")
+    monkeypatch.setattr(T, "atomic_save", save)
+    train("after_last", resume=True)
+    assert (tmp_path / "after_last" / T.STEPS).read_text() == whole
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    for name in ("cut", "damaged"):
+        with pytest.raises(KeyboardInterrupt):
+            train(name, on_epoch_end=stop)
+    cut = tmp_path / "cut" / T.STEPS
+    cut.write_text(cut.read_text() + '{"step": 99, "epoch": 2, "lo')  # killed while appending epoch 2's steps
+    train("cut", resume=True)
+    assert cut.read_text() == whole
+    damaged = tmp_path / "damaged" / T.STEPS
+    damaged.write_text('{"step": 1, "epo\n' + damaged.read_text())
+    with pytest.raises(ValueError, match="steps.jsonl: line 1 is not valid JSON"):
+        train("damaged", resume=True)
+
+
 def test_resume_refuses_another_plan_of_draws(ds, tmp_path, monkeypatch):
     """rng "auto" is the same identity on every device, but not the same draws: a run replaying the original
     (CPU) is not continued with our own plan (what auto gives on a GPU)."""
