@@ -223,21 +223,24 @@ def per_label_mean(results: Mapping) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------
 # The per-epoch log of a fold
 # ---------------------------------------------------------------------------------------------------------
-def load_log(path: str | os.PathLike) -> list[dict]:
-    """The records of a fold's ``log.jsonl`` (one JSON object per line; blank lines skipped); ``ValueError``
-    naming the file and the line for a line that is not valid JSON or not an object (``null``, say)."""
+def load_log(path: str | os.PathLike, drop_cut_last_line: bool = False) -> list[dict]:
+    """The records of a JSON-lines log (a fold's ``log.jsonl``, ``steps.jsonl``: one JSON object per line; blank
+    lines skipped); ``ValueError`` naming the file and the line for a line that is not valid JSON or not an
+    object (``null``, say). ``drop_cut_last_line``: a last line that is not valid JSON is left out instead, for
+    readers of a log that training appends to (read while a line is being written, or after a run was killed
+    while writing one: resume rewrites or trims it)."""
     rows = []
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = [(n, ln) for n, ln in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1) if ln.strip()]
     except UnicodeDecodeError as exc:
         raise ValueError(f"{p}: not a text file ({exc})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for i, (number, line) in enumerate(lines):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
+            if drop_cut_last_line and i == len(lines) - 1:
+                break
             raise ValueError(f"{p}: line {number} is not valid JSON ({exc})") from None
         if not isinstance(row, dict):
             raise ValueError(f"{p}: line {number}: expected a JSON object (one epoch's record), "

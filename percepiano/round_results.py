@@ -181,7 +181,7 @@ def round_status(root: str | os.PathLike, request: Mapping | None = None) -> lis
                 states[fold] = {"state": "done", "test_r2": res["test_r2"], "best_epoch": res["best_epoch"],
                                 "epochs": res["epochs_trained"] or epochs}
             elif (fdir / LOG).is_file():
-                records = load_log(fdir / LOG)  # a line cut short (a run killed mid-append): error naming file and line
+                records = load_log(fdir / LOG, drop_cut_last_line=True)  # the round may be appending to it
                 recent = [r["seconds"] for r in records[-RATE_EPOCHS:] if r.get("seconds") is not None]
                 done = int(records[-1]["epoch"]) if records else 0
                 rate = float(np.mean(recent)) if recent else None

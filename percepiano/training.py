@@ -64,7 +64,7 @@ from .hierarchy import BatchShapes
 from .metrics import evaluate_predictions, r2
 from .provenance import check_identity, fold_identity, run_identity
 from . import replay
-from .results import RESULTS, SEEDS
+from .results import RESULTS, SEEDS, load_log
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.jsonl"
 PREDICTIONS, FOLD_RESULT, STEPS = "test_predictions.npz", "fold_result.json", "steps.jsonl"
@@ -380,22 +380,12 @@ def steps_of_finished_epochs(path: str | os.PathLike, epochs_done: int) -> list[
     """The records of a ``steps.jsonl`` that belong to the first ``epochs_done`` epochs (what a resume from a
     ``last.pt`` after that epoch keeps). An epoch's steps are appended before its ``last.pt`` is written, so a
     last line cut short (a run killed while appending) belongs to an epoch that is trained again: dropped. Any
-    other line that is not a JSON object with an integer ``epoch`` is a ``ValueError`` naming file and line."""
-    p = Path(path)
-    lines = [(n, ln) for n, ln in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1) if ln.strip()]
-    kept = []
-    for i, (number, line) in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{p}: line {number} is not valid JSON ({exc})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            raise ValueError(f"{p}: line {number}: expected a JSON object with an integer 'epoch' (one step's record)")
-        if row["epoch"] <= epochs_done:
-            kept.append(row)
-    return kept
+    other damaged line, or a record without an integer ``epoch``, is a ``ValueError`` naming file and line."""
+    rows = load_log(path, drop_cut_last_line=True)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row.get("epoch"), int):
+            raise ValueError(f"{path}: record {number}: expected an integer 'epoch' (one step's record)")
+    return [r for r in rows if r["epoch"] <= epochs_done]
 
 
 def fold_indices(data: PercePianoData, split: str, fold: int, tcfg: TrainConfig) -> dict[str, np.ndarray]:

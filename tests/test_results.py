@@ -92,6 +92,10 @@ def test_load_log_names_the_file_and_line(tmp_path):
         R.load_log(_file(tmp_path, "bad.jsonl", '{"epoch": 1}\n{"epoch": 2\n'))
     with pytest.raises(ValueError, match=r"null\.jsonl: line 1: expected a JSON object .*got null"):
         R.load_log(_file(tmp_path, "null.jsonl", "null\n"))
+    # a reader of a log being appended to leaves out a cut-short last line, never one elsewhere
+    assert R.load_log(tmp_path / "bad.jsonl", drop_cut_last_line=True) == [{"epoch": 1}]
+    with pytest.raises(ValueError, match=r"mid\.jsonl: line 1 is not valid JSON"):
+        R.load_log(_file(tmp_path, "mid.jsonl", '{"epoch": 1\n{"epoch": 2}\n'), drop_cut_last_line=True)
 
 
 def test_load_predictions_names_an_unreadable_file(tmp_path):

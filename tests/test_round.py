@@ -442,13 +442,17 @@ def test_status_reads_every_cells_folds_without_ray(tmp_path, capsys, monkeypatc
     assert rows["| `han` performer"][1:3] == ["-", "0 × 1"]  # asked for, nothing there yet
 
 
-def test_status_names_the_log_line_it_cannot_read(tmp_path, capsys):
+def test_status_reads_past_a_line_being_written_and_names_a_damaged_one(tmp_path, capsys):
     root = _status_round(tmp_path)
     log = root / "bilstm-performer" / "seed7" / "fold0" / "log.jsonl"
-    log.write_text(log.read_text() + '{"epoch": 7, "valid_lo')  # a run killed while appending its epoch
+    records = log.read_text()
+    log.write_text(records + '{"epoch": 7, "valid_lo')  # the round is appending epoch 7 (or was killed doing so)
+    assert main(["round", "--status", "--out", str(root)]) == 0
+    assert "0: epoch 6/100 (120 s/epoch, 3.1 h left)" in capsys.readouterr().out
+    log.write_text('{"epoch": 1, "valid_lo\n' + records)  # damaged where no writer can be
     assert main(["round", "--status", "--out", str(root)]) == 2
     err = capsys.readouterr().err
-    assert str(log) in err and "line 7 is not valid JSON" in err
+    assert str(log) in err and "line 1 is not valid JSON" in err
 
 
 def test_export_copies_the_small_outputs_only(tmp_path, capsys):
