@@ -22,7 +22,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -60,6 +60,37 @@ class AtomicWriteError(OSError):
 
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+# ours (_tmp_path) and training.save_predictions' (``.test_predictions.tmp{pid}.npz``: numpy adds the suffix)
+_TMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp(?P<pid>\d+)(?P<suffix>\.npz)?")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files that the atomic writes of ``names`` in ``directory`` left behind when their
+    process was killed mid-write (SIGKILL skips the clean-up: a ``han`` ``last.pt``'s is 155 MB); only those
+    whose process is gone from this machine. Returns the removed paths."""
+    names, removed = set(names), []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for path in directory.iterdir():
+        m = _TMP_NAME.fullmatch(path.name)
+        if m is None or m["name"] + (m["suffix"] or "") not in names or not path.is_file():
+            continue
+        pid = int(m["pid"])
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # alive: still writing it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return sorted(removed)
 
 
 def _write_error(path: Path, exc: BaseException) -> AtomicWriteError:

@@ -9,7 +9,8 @@ them are :func:`percepiano.cv.run_cv`.
 
 Files in a fold directory: ``log.jsonl`` (one JSON record per epoch), ``last.pt`` (everything needed to resume,
 written atomically after every epoch; removed when the fold finishes with ``keep="best"``), ``best.pt`` (the
-selected model), ``test_predictions.npz`` and ``fold_result.json``. The checkpoints' format, the atomic writes
+selected model, written after ``last.pt`` in an epoch that improves the valid loss, so that a run stopped
+between the two finds the model in ``last.pt``: resume rebuilds ``best.pt`` from it), ``test_predictions.npz`` and ``fold_result.json``. The checkpoints' format, the atomic writes
 and the RNG state are :mod:`percepiano.checkpoints`. ``last.pt``, ``best.pt`` and ``fold_result.json`` carry
 the fold's identity (:mod:`percepiano.provenance`: preset, configs, seed, split, fold, code, dataset sha256).
 
@@ -54,6 +55,7 @@ from .checkpoints import (
     configure_determinism,
     cpu_state,
     load_checkpoint,
+    remove_stale_temporaries,
     rng_state,
     set_rng_state,
 )
@@ -459,6 +461,8 @@ def train_fold(
             f"is continued) or choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
+    for path in remove_stale_temporaries(out, FOLD_FILES):
+        log(f"removed {path}: the temporary file of a write whose process was killed")
 
     configure_determinism(tcfg.deterministic)
     model, optimizer, scheduler = build_training(model_cfg, tcfg_run, device, exact_lstm=exact_lstm)
@@ -466,6 +470,16 @@ def train_fold(
     steps_path = out / STEPS
     start_epoch, best_epoch, best_loss = 0, None, float("inf")
     code_changes: list[dict] = []  # resumes under another code version (allow_code_change), in order
+
+    def save_best(model_state: dict, epoch: int, valid_loss: float) -> None:
+        atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT, "kind": "best", "model_state": model_state,
+                "model_config": model_cfg.to_dict(), "train_config": tcfg.to_dict(), "run": run,
+                "identity": identity, "code_changes": code_changes, "epoch": int(epoch), "valid_loss": float(valid_loss),
+            },
+            best_path,
+        )
 
     if resume:
         ck = load_checkpoint(last_path)
@@ -489,6 +503,7 @@ def train_fold(
         start_epoch = int(ck["epoch"])
         best_epoch, best_loss = ck["best"]["epoch"], float(ck["best"]["valid_loss"])
         history = list(ck["history"])
+        _reconcile_best_checkpoint(best_path, ck, save_best, log)
         atomic_write_text("".join(json.dumps(r) + "\n" for r in history), log_path)
         if steps_path.is_file():  # drop the steps of an epoch that did not finish
             kept = steps_of_finished_epochs(steps_path, start_epoch)
@@ -538,15 +553,6 @@ def train_fold(
         record["is_best"] = bool(is_best)
         if is_best:
             best_epoch, best_loss = epoch + 1, valid.loss
-            atomic_save(
-                {
-                    "format": CHECKPOINT_FORMAT, "kind": "best", "model_state": cpu_state(model),
-                    "model_config": model_cfg.to_dict(), "train_config": tcfg.to_dict(), "run": run,
-                    "identity": identity, "code_changes": code_changes,
-                    "epoch": best_epoch, "valid_loss": best_loss,
-                },
-                best_path,
-            )
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         if step_log:  # before last.pt: a run stopped in between trains this epoch again (resume drops its steps)
@@ -564,6 +570,8 @@ def train_fold(
             },
             last_path,
         )
+        if is_best:  # after last.pt: a run stopped in between finds the best model in last.pt (resume rebuilds it)
+            save_best(cpu_state(model), best_epoch, best_loss)
         with open(log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         # in-training test metrics (the original logs them at the loaders' batch size); the reported number is
@@ -581,6 +589,12 @@ def train_fold(
     if best_epoch is None:
         raise ValueError(f"{out}: no epoch was trained (epochs={tcfg.epochs})")
     best = load_checkpoint(best_path)
+    if best.get("epoch") != best_epoch:  # never evaluate another epoch's model under this one's name
+        raise ValueError(
+            f"{best_path}: holds the model of epoch {best.get('epoch')}, but the run's best epoch (lowest valid loss, "
+            f"{log_path.name}) is {best_epoch}: an older percepiano wrote {BEST} before {LAST} and was stopped "
+            f"between the two, and the epoch trained again did not reach that valid loss; the fold's best model "
+            f"is lost: train the fold again (remove {out})")
     if best.get("identity") != identity or best.get("code_changes") != code_changes:
         # selected by this run, extended to more epochs or continued under another code: say so in best.pt too
         best["identity"], best["code_changes"] = identity, code_changes
@@ -607,6 +621,32 @@ def train_fold(
     if keep == KEEP_BEST:
         last_path.unlink()  # the finished fold is reused from fold_result.json and best.pt
     return fold_result
+
+
+def _reconcile_best_checkpoint(best_path: Path, ck: dict, save_best: Callable[[dict, int, float], None],
+                               log: Callable[[str], None]) -> None:
+    """Make ``best.pt`` hold the epoch that the resumed ``last.pt`` (``ck``) names as best, before training on.
+
+    A new best epoch is written to ``last.pt`` first, then to ``best.pt``: a run stopped in between leaves a
+    ``last.pt`` whose own model is the best one, and ``best.pt`` is rebuilt from it. An older ``best.pt`` that
+    ``last.pt`` does not explain is refused (its best model is lost). A ``best.pt`` newer than ``last.pt``
+    (written first by percepiano before this order) is the epoch about to be trained again: it is left for that
+    epoch to overwrite, and ``train_fold`` checks at the end that ``best.pt`` holds the best epoch."""
+    want, last_epoch = int(ck["best"]["epoch"]), int(ck["epoch"])
+    have = load_checkpoint(best_path).get("epoch") if best_path.is_file() else None
+    if have == want:
+        return
+    if want == last_epoch:
+        save_best(ck["model_state"], want, float(ck["best"]["valid_loss"]))
+        log(f"{best_path}: rebuilt from {LAST} (epoch {want}, its best; the run had stopped between writing the two)")
+        return
+    if have is not None and have > last_epoch:
+        log(f"{best_path}: holds epoch {have}, after {LAST}'s epoch {last_epoch}: that epoch is trained again")
+        return
+    raise ValueError(
+        f"{best_path}: holds {'no model' if have is None else f'the model of epoch {have}'}, but {LAST} (epoch "
+        f"{last_epoch}) names epoch {want} as the best: cannot resume, the best model is lost; train the fold "
+        f"again (remove {best_path.parent})")
 
 
 def fold_summary_line(res: dict) -> str:

@@ -75,6 +75,24 @@ def test_atomic_write_text_leaves_no_partial_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_temporaries_of_killed_writers_are_removed_and_no_others(tmp_path):
+    """A worker SIGKILLed inside atomic_save leaves its temporary file (155 MB for a han last.pt): the next
+    run removes those of this fold's files whose writer is gone, never a live writer's or another file's."""
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(child.stdout), os.getppid()
+    names = [f".last.pt.tmp{dead}", f".test_predictions.tmp{dead}.npz", f".best.pt.tmp{alive}",
+             f".last.pt.tmp{os.getpid()}", f".notes.txt.tmp{dead}", "last.pt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = C.remove_stale_temporaries(tmp_path, ["last.pt", "best.pt", "test_predictions.npz"])
+    assert [p.name for p in removed] == [f".last.pt.tmp{dead}", f".test_predictions.tmp{dead}.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+    assert C.remove_stale_temporaries(tmp_path / "absent", ["last.pt"]) == []
+
+
 def test_rng_state_roundtrip():
     C.set_seed(3)
     state = C.rng_state()

@@ -236,6 +236,61 @@ def test_resume_is_bitwise_identical(ds, tmp_path):
     assert {k: v for k, v in full.items() if "seconds" not in k} == {k: v for k, v in resumed.items() if "seconds" not in k}
 
 
+def test_a_run_stopped_between_last_pt_and_best_pt_resumes_to_the_uninterrupted_result(ds, tmp_path):
+    """train_fold writes a new best epoch to last.pt, then to best.pt: a run stopped in between (here: best.pt of
+    epoch 1 never written) leaves the best model in last.pt, and resume rebuilds best.pt from it."""
+    full = _run(ds, tmp_path / "full")
+    _run(ds, tmp_path / "cut", tcfg=SMALL.replace(epochs=1))
+    (tmp_path / "cut" / "best.pt").unlink()
+    lines = []
+    cut = _run(ds, tmp_path / "cut", resume=True, log=lines.append)
+    assert any("best.pt: rebuilt from last.pt (epoch 1" in line for line in lines), lines
+    strip = lambda r: {k: v for k, v in r.items() if "seconds" not in k}  # noqa: E731
+    assert strip(cut) == strip(full)
+    a = torch.load(tmp_path / "full" / "best.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "best.pt", weights_only=True)
+    assert b["epoch"] == a["epoch"] == full["best_epoch"]
+    for k in a["model_state"]:
+        torch.testing.assert_close(b["model_state"][k], a["model_state"][k], **EXACT)
+
+
+def test_resume_refuses_a_best_pt_that_last_pt_does_not_explain(ds, tmp_path):
+    from percepiano.checkpoints import atomic_save
+
+    _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2))
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    atomic_save({**best, "epoch": ck["epoch"] + 5}, tmp_path / "best.pt")  # neither last.pt's best nor newer
+    atomic_save({**ck, "epoch": ck["epoch"] + 5, "best": {**ck["best"], "epoch": ck["epoch"] + 4}}, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"best\.pt: holds the model of epoch 7, but last\.pt \(epoch 7\) names "
+                                         r"epoch 6 as the best: cannot resume"):
+        _run(ds, tmp_path, tcfg=SMALL.replace(epochs=9), resume=True)
+
+
+@pytest.mark.parametrize("epoch_3_is_best", [True, False])
+def test_a_best_pt_newer_than_last_pt_is_overwritten_or_refused_never_evaluated(ds, tmp_path, epoch_3_is_best):
+    """A best.pt one epoch ahead of last.pt (written first, by percepiano before the last.pt-first order): the
+    epoch is trained again; where it is the best again best.pt is rewritten, else the fold stops with an error
+    rather than evaluate that model under another epoch's name. The recorded best valid loss decides which."""
+    from percepiano.checkpoints import atomic_save
+
+    _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2))
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    atomic_save({**best, "epoch": 3}, tmp_path / "best.pt")  # epoch 3's, written before last.pt of epoch 3
+    loss = float("inf") if epoch_3_is_best else float("-inf")
+    atomic_save({**ck, "best": {"epoch": 1, "valid_loss": loss}}, tmp_path / "last.pt")  # best epoch 1 of 2
+    lines = []
+    if epoch_3_is_best:
+        res = _run(ds, tmp_path, tcfg=SMALL.replace(epochs=3), resume=True, log=lines.append)
+        assert res["best_epoch"] == 3 and torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 3
+    else:
+        with pytest.raises(ValueError, match=r"best\.pt: holds the model of epoch 3, but the run's best epoch .* is 1"):
+            _run(ds, tmp_path, tcfg=SMALL.replace(epochs=3), resume=True, log=lines.append)
+        assert json.loads((tmp_path / "fold_result.json").read_text())["epochs_trained"] == 2  # the 2-epoch run's
+    assert any("best.pt: holds epoch 3, after last.pt's epoch 2: that epoch is trained again" in x for x in lines)
+
+
 def test_resume_refuses_a_different_config(ds, tmp_path):
     """Every field of the identity that differs is named with both values; only the epochs may grow."""
     _run(ds, tmp_path, tcfg=SMALL.replace(epochs=1))
