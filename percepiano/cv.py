@@ -31,14 +31,17 @@ from .constants import BASELINES, N_FOLDS, PRESET_FEATURES
 from .data import PercePianoData, load_dataset
 from .metrics import evaluate_predictions, r2
 from .provenance import check_identity, data_info, environment_info, fold_identity, run_identity
-from .results import RESULTS, SEEDS, fold_dir, load_seeds_index, read_json_object, write_results, write_seeds_index
+from .results import (RESULTS, SEEDS, fold_dir, load_results, load_seeds_index, read_json_object, write_results,
+                      write_seeds_index)
 from .training import (
     BEST,
     FOLD_FILES,
     FOLD_RESULT,
     KEEP_ALL,
     LAST,
+    LOG,
     PREDICTIONS,
+    STEPS,
     SplitPredictions,
     TrainConfig,
     existing_run_files,
@@ -143,6 +146,8 @@ def run_cv(
             if change is not None:
                 code_changes.append({"fold": fold, "how": "reused", **change})
         else:
+            if how == "new" and resume:
+                set_aside_lost_logs(fdir, log)
             pending.append((fold, how == "resume"))
     worker_threads = None  # torch threads of each worker process, when folds ran in parallel
     if parallel_folds > 1 and not is_baseline and len(pending) > 1:
@@ -290,7 +295,7 @@ def check_run_dir(out: Path, identity: dict, folds: list[int], resume: bool, all
         raise ValueError(f"{out} holds {', '.join(foreign)}: a `percepiano train` fold or a multi-seed round, not a "
                          f"single-seed cv run; choose another --out")
     if (out / RESULTS).is_file():
-        saved = read_json_object(out / RESULTS, "results file")
+        saved = load_results(out / RESULTS)
         check_identity(saved.get("identity"), identity, out / RESULTS, action="continue it",
                        epochs_may_grow=True, allow_code_change=allow_code_change)
         had = sorted(int(f["fold"]) for f in saved.get("folds") or [])
@@ -334,10 +339,39 @@ def fold_state(fdir: Path, identity: dict, is_baseline: bool, allow_code_change:
             raise ValueError(f"{last_path}: a baseline cannot continue a training checkpoint")
         return "resume", None, None
     files = existing_run_files(fdir)
+    if files and without_checkpoint and set(files) <= set(LOGS_OF_A_RUN):
+        return "new", None, None  # the logs of a fold restored without its checkpoint: train it again
     if files:
         raise ValueError(f"{fdir} holds {', '.join(files)} but neither {FOLD_RESULT} nor {LAST}: nothing to reuse "
-                         f"or resume; remove it to train the fold again")
+                         f"or resume; remove it to train the fold again"
+                         + (" (or pass --reuse-without-checkpoint where it is a restored fold's logs)"
+                            if set(files) <= set(LOGS_OF_A_RUN) else ""))
     return "new", None, None
+
+
+# What a fold that was still training leaves in a restored round folder (`round --export` or `--mirror-to`
+# copies log.jsonl; its checkpoint stays behind): a new start sets them aside (set_aside_lost_logs).
+LOGS_OF_A_RUN = (LOG, STEPS)
+
+
+def set_aside_lost_logs(fdir: Path, log: Callable[[str], None]) -> list[Path]:
+    """Rename the logs of a fold that has no checkpoint (:data:`LOGS_OF_A_RUN`, what :func:`fold_state` calls
+    "new" with ``without_checkpoint``) to ``lost-<UTC time>-<name>``, so that the fold can start again from
+    epoch 0 and nothing is lost: the round and cv commands read, export and check only the fold's own files.
+    Returns the new paths."""
+    if existing_run_files(fdir) and not set(existing_run_files(fdir)) <= set(LOGS_OF_A_RUN):
+        raise ValueError(f"{fdir}: holds {', '.join(existing_run_files(fdir))}: not only the logs of a lost run")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = []
+    for name in LOGS_OF_A_RUN:
+        if (fdir / name).is_file():
+            target = fdir / f"lost-{stamp}-{name}"
+            os.replace(fdir / name, target)
+            moved.append(target)
+    if moved:
+        log(f"{fdir}: set aside {', '.join(p.name for p in moved)}: the logs of a run whose checkpoint is not "
+            f"here (a restored round); the fold is trained again from epoch 0")
+    return moved
 
 
 def results_csv(results: dict) -> str:

@@ -103,7 +103,8 @@ def load_results(path_or_results: str | os.PathLike | Mapping) -> dict:
 
 def check_results(res: Mapping, where: str | os.PathLike = "<results>") -> None:
     """``ValueError`` naming ``where`` and the field unless ``res`` is a usable results.json: ``mean_test_r2``
-    a number, ``folds`` a non-empty list of objects each with a number ``test_r2`` (and ``per_label_test_r2``,
+    a number, ``folds`` a non-empty list of objects each with its distinct ``fold`` number and a number
+    ``test_r2`` (and ``per_label_test_r2``,
     where given, one number per label), no NaN or Infinity anywhere, and ``mean_test_r2`` the mean of the
     folds' ``test_r2`` (within :data:`MEAN_TOLERANCE`): the gate and the report read the mean as written."""
     def fail(field: str, what: str):
@@ -120,6 +121,9 @@ def check_results(res: Mapping, where: str | os.PathLike = "<results>") -> None:
     names = res.get("label_names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise fail("label_names", "expected a list of label names")
+    numbers = [f.get("fold") for f in folds]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers) or len(set(numbers)) != len(numbers):
+        raise fail("folds[].fold", f"expected distinct fold numbers (integers >= 0), got {numbers!r}")
     for i, fold in enumerate(folds):
         if not _is_number(fold.get("test_r2")):
             raise fail(f"folds[{i}].test_r2", f"expected a number, got {fold.get('test_r2')!r}")

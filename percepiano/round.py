@@ -53,13 +53,13 @@ from .constants import (
     ROUND_MAX_RETRIES,
     SPLIT_SCHEMES,
 )
-from .cv import check_run_dir, fold_state, run_cv
+from .cv import check_run_dir, fold_state, run_cv, set_aside_lost_logs
 from .data import load_dataset
 from .provenance import code_version, data_sha256, fold_identity, run_identity
-from .results import RESULTS, fold_dir, read_json_object
+from .results import RESULTS, fold_dir, load_results, read_json_object
 from .round_results import ROUND_JSON, cell_path, export_results, load_history, now, write_round_json
 from .training import (
-    BEST, FOLD_RESULT, KEEP_ALL, KEEP_CHOICES, LAST, PREDICTIONS, TrainConfig, existing_run_files, train_fold,
+    BEST, FOLD_RESULT, KEEP_ALL, KEEP_CHOICES, LAST, LOG, PREDICTIONS, TrainConfig, existing_run_files, train_fold,
 )
 
 AUTO = "auto"
@@ -146,7 +146,8 @@ def cell_identity(spec: RoundSpec, cell: Cell, data) -> dict:
 
 def plan_round(spec: RoundSpec, data, root: str | os.PathLike) -> list[CellPlan]:
     """What each cell of ``spec`` needs under ``root``: the folds to reuse and to train, by ``percepiano cv
-    --resume``'s checks. Raises one ``ValueError`` naming every refused cell and why (another run's folds)."""
+    --resume``'s checks. Raises one ``ValueError`` naming every refused cell and why (another run's folds, a
+    damaged fold, folds that a resume would drop)."""
     root = Path(root)
     foreign = existing_run_files(root)
     if foreign:
@@ -160,8 +161,8 @@ def plan_round(spec: RoundSpec, data, root: str | os.PathLike) -> list[CellPlan]
             check_run_dir(cdir, identity, list(spec.folds), True, spec.allow_code_change)
             reuse, train = [], []
             for fold in spec.folds:
-                how, _, _ = fold_state(cdir / fold_dir(fold), fold_identity(identity, fold), False,
-                                        spec.allow_code_change, spec.reuse_without_checkpoint)
+                how = _fold_start(cdir / fold_dir(fold), fold_identity(identity, fold), spec.allow_code_change,
+                                  spec.reuse_without_checkpoint)
                 (reuse.append(fold) if how == "reuse" else train.append((fold, how)))
         except ValueError as exc:
             refused.append(f"{cell.path}: {exc}")
@@ -170,8 +171,8 @@ def plan_round(spec: RoundSpec, data, root: str | os.PathLike) -> list[CellPlan]
         plans.append(CellPlan(cell, identity, reuse, train,
                               up_to_date=not train and covered == sorted(spec.folds)))
     if refused:
-        raise ValueError(f"{root}: {len(refused)} cell(s) of this round hold another run's folds; nothing was "
-                         f"started:\n" + "\n".join(refused))
+        raise ValueError(f"{root}: {len(refused)} cell(s) cannot be continued as asked; nothing was started:\n"
+                         + "\n".join(refused))
     return plans
 
 
@@ -179,7 +180,7 @@ def _results_folds(cell_dir: Path) -> list[int] | None:
     """The folds a cell's results.json covers (None without one)."""
     if not (cell_dir / RESULTS).is_file():
         return None
-    return sorted(int(f["fold"]) for f in read_json_object(cell_dir / RESULTS, "results file").get("folds") or [])
+    return sorted(int(f["fold"]) for f in load_results(cell_dir / RESULTS)["folds"])
 
 
 # --------------------------------------------------------------------------------------------- tasks
@@ -215,18 +216,33 @@ def _where() -> dict:
     return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _start_state(fdir: Path, identity: dict, allow_code_change: bool, without_checkpoint: bool) -> str:
-    """What a fold task does with its directory now ("reuse", "resume", "new"): the plan's check again, since a
-    retried task finds what its killed attempt left. A lone ``best.pt`` of this very fold is what an attempt
-    killed between the two checkpoint writes of its first epoch leaves: it is removed and the fold started
-    again (no epoch of it was recorded)."""
+def _fold_start(fdir: Path, identity: dict, allow_code_change: bool, without_checkpoint: bool) -> str:
+    """What a fold of the round does with its directory ("reuse", "resume", "new"): :func:`percepiano.cv.
+    fold_state`, and "new" for a lone ``best.pt`` of this very fold, what percepiano before the last.pt-first
+    write order left when stopped between the two checkpoint writes of epoch 1 (no epoch of it was recorded;
+    :func:`_start_state` removes it)."""
     try:
         return fold_state(fdir, identity, False, allow_code_change, without_checkpoint)[0]
     except ValueError:
-        if existing_run_files(fdir) == [BEST] and load_checkpoint(fdir / BEST).get("identity") == identity:
-            (fdir / BEST).unlink()
+        if _lone_best(fdir, identity):
             return "new"
         raise
+
+
+def _lone_best(fdir: Path, identity: dict) -> bool:
+    return existing_run_files(fdir) == [BEST] and load_checkpoint(fdir / BEST).get("identity") == identity
+
+
+def _start_state(fdir: Path, identity: dict, allow_code_change: bool, without_checkpoint: bool,
+                 log: Callable[[str], None]) -> str:
+    """:func:`_fold_start` when the fold's task starts (the plan's check again, since a retried task finds what
+    its killed attempt left), with a lone ``best.pt`` removed and a lost run's logs set aside."""
+    how = _fold_start(fdir, identity, allow_code_change, without_checkpoint)
+    if how == "new":
+        if _lone_best(fdir, identity):
+            (fdir / BEST).unlink()
+        set_aside_lost_logs(fdir, log)
+    return how
 
 
 def train_task(job: Mapping) -> dict:
@@ -239,9 +255,9 @@ def train_task(job: Mapping) -> dict:
     identity = fold_identity(run_identity(job["preset"], job["split"], job["feature_set"], data,
                                           model_cfg.to_dict(), tcfg.to_dict()), job["fold"])
     fdir = Path(job["dir"])
-    how = _start_state(fdir, identity, job["allow_code_change"], job["reuse_without_checkpoint"])
     key = f"{job['cell']} fold {job['fold']}"
     log = _task_log(key)
+    how = _start_state(fdir, identity, job["allow_code_change"], job["reuse_without_checkpoint"], log)
     mirror = None if job.get("mirror_dir") is None else Path(job["mirror_dir"])
     if how == "reuse":  # an earlier attempt finished it and died before returning
         result = read_json_object(fdir / FOLD_RESULT, "fold result")
@@ -250,7 +266,10 @@ def train_task(job: Mapping) -> dict:
 
         def on_epoch_end(epoch: int, record: dict) -> None:
             if mirror is not None:  # before the hook: a test's hook may kill this worker
-                mirror_fold_checkpoints(fdir, mirror)
+                try:
+                    mirror_fold_checkpoints(fdir, mirror)
+                except OSError as exc:  # the fold itself is fine: train on, the next epoch copies again
+                    log(f"--mirror-checkpoints: could not copy epoch {epoch}'s checkpoints to {mirror} ({exc})")
             if hook is not None:
                 hook(key, epoch)
 
@@ -270,12 +289,15 @@ def train_task(job: Mapping) -> dict:
     }
 
 
-# What --mirror-checkpoints keeps of a training fold, in this order: best.pt before last.pt, so that a mirror
-# caught between the two copies holds a last.pt no newer than its best.pt (resuming from it trains the newer
-# epoch again and writes the same best.pt; the other order could pair a last.pt with an older best.pt, whose
-# model the fold's final test would then evaluate).
-MIRRORED_CHECKPOINTS = (BEST, LAST)
-FINISHED_FOLD_MIRROR = MIRRORED_CHECKPOINTS + (PREDICTIONS,)  # and, once a fold is finished, its predictions
+# What --mirror-checkpoints keeps of a training fold, in this order: last.pt before best.pt, the order in which
+# train_fold writes them, so that a mirror caught between the two copies holds what a run stopped between the
+# two writes leaves: a last.pt whose own model is the best one where best.pt is older, which resume rebuilds
+# best.pt from (the other order could pair a new best.pt with the last.pt before it: that epoch would be trained
+# again, off the CPU not bitwise, and might not select it).
+MIRRORED_CHECKPOINTS = (LAST, BEST)
+# A finished fold: its model, predictions, result and log first, then last.pt (which --keep best removes), so
+# that the mirror holds, at every moment, either a resumable last.pt or a reusable fold_result.json and best.pt.
+FINISHED_FOLD_MIRROR = (BEST, PREDICTIONS, FOLD_RESULT, LOG, LAST)
 
 
 def mirror_fold_checkpoints(fdir: Path, dest: Path, names: tuple[str, ...] = MIRRORED_CHECKPOINTS) -> None:
@@ -404,6 +426,13 @@ def run_round(
         f"{n_fold_tasks} to train, {len(pending)} results.json to write")
     request = _request(spec, command)
     invocation = {"started": now(), "request": request, "address": address, "tasks": [], "failed": []}
+    if spec.keep != KEEP_ALL:  # what --keep asks of every finished fold, those of finished cells too
+        for plan in plans:
+            for fold in plan.reuse:
+                last = root / plan.cell.fold_path(fold) / LAST
+                if last.is_file():
+                    last.unlink()
+                    log(f"{plan.cell.path} fold {fold}: removed {LAST} (--keep {spec.keep})")
     if mirror_root is not None:  # the folds finished before: the mirror holds every fold's checkpoints
         for plan in plans:
             for fold in plan.reuse:
@@ -411,89 +440,120 @@ def run_round(
                 mirror_fold_checkpoints(root / sub, mirror_root / sub, FINISHED_FOLD_MIRROR)
     if not pending:
         invocation.update(finished=now(), wall_seconds=0.0, note="nothing to train: every cell is finished")
-        return _record(root, request, history + [invocation], mirror_to)
+        return _record(root, request, history + [invocation], mirror_to, log)
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # Ray folds "similar" lines: the tasks' epoch lines are progress
-    import ray
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        # "local": a new Ray instance on this machine even where `ray start` left one running (--address auto joins it)
-        try:
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
-        except ConnectionError as exc:
-            raise ValueError(
-                f"--address {address}: {exc}. If the cluster is running, it may want a token (Ray 2.60 clusters "
-                f"started by `ray start` do): run this command with RAY_AUTH_MODE=token and the cluster's token "
-                f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token), or start the cluster with RAY_AUTH_MODE=disabled "
-                f"(docs/rounds.md)") from exc
-    t0 = time.perf_counter()
+    lock = _lock_round(root)  # one driver per round folder: two would train the same folds into the same files
     try:
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        res = resolve_resources(threads_per_task, gpus_per_task, max_retries, nodes)
-        invocation["resources"] = {"threads_per_task": res.threads, "gpus_per_task": res.gpus,
-                                   "device": res.device, "max_retries": res.max_retries,
-                                   "cluster": {k: v for k, v in ray.cluster_resources().items()
-                                               if k in ("CPU", "GPU", "memory")}, "nodes": len(nodes)}
-        log(f"ray: {len(nodes)} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs, "
-            f"{ray.cluster_resources().get('GPU', 0):g} GPUs; each task {res.threads} thread(s), {res.gpus:g} GPU "
-            f"({res.device})")
-        opts = dict(num_cpus=res.threads, num_gpus=res.gpus, max_retries=res.max_retries,
-                    retry_exceptions=[OSError])
-        remote_fold, remote_cell = ray.remote(train_task), ray.remote(cell_task)
-        common = {"data_path": str(data_path), "code": code_version(), "data_sha256": data_sha256(data),
-                  "device": res.device, "threads": res.threads, "allow_code_change": spec.allow_code_change,
-                  "reuse_without_checkpoint": spec.reuse_without_checkpoint,
-                  "keep": spec.keep, "command": command, "on_epoch_end": on_epoch_end, "mirror_root": mirror_root}
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # Ray folds "similar" lines: the tasks' epoch lines are progress
+        import ray
 
-        # A cell task reuses its finished folds and fits the baselines: seconds of work, so it asks for no CPU
-        # and does not queue behind the fold tasks that hold every CPU (its results.json appears as soon as its
-        # folds are done). It keeps its GPU share: the device it records is the folds'.
-        cell_opts = {**opts, "num_cpus": 0}
-
-        def submit_cell(plan: CellPlan):
-            futures[remote_cell.options(name=plan.cell.path, **cell_opts).remote(
-                _cell_job(common, spec, plan, root))] = (plan, None)
-
-        futures: dict = {}
-        waiting: dict[str, set[int]] = {}
-        for plan in pending:
-            waiting[plan.cell.path] = {f for f, _ in plan.train}
-            for fold, _ in plan.train:
-                job = _fold_job(common, spec, plan, fold, root)
-                futures[remote_fold.options(name=plan.cell.fold_path(fold), **opts).remote(job)] = (plan, fold)
-            if not plan.train:
-                submit_cell(plan)
-        total, done = len(futures) + sum(1 for p in pending if p.train), 0
-        while futures:
-            ready, _ = ray.wait(list(futures), num_returns=1)
-            plan, fold = futures.pop(ready[0])
-            what = plan.cell.path + ("" if fold is None else f" fold {fold}")
-            done += 1
-            try:
-                out = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:
-                reason = _failure_reason(exc)
-                invocation["failed"].append({"cell": plan.cell.path, "fold": fold, "error": reason})
-                waiting.pop(plan.cell.path, None)
-                log(f"[{done}/{total}] {what}: FAILED: {reason}")
-            else:
-                invocation["tasks"].append(out)
-                log(f"[{done}/{total}] {what}: {_task_line(out)}")
-                if fold is not None and plan.cell.path in waiting:
-                    waiting[plan.cell.path].discard(fold)
-                    if not waiting[plan.cell.path]:
-                        del waiting[plan.cell.path]
-                        submit_cell(plan)
-            _record(root, request, history + [{**invocation, "finished": None}], mirror_to)
-    finally:
-        invocation.update(finished=now(), wall_seconds=time.perf_counter() - t0)
-        summary = _record(root, request, history + [invocation], mirror_to)
+        started_here = not ray.is_initialized()
         if started_here:
-            ray.shutdown()
-    if invocation["failed"]:
-        raise RoundFailed(invocation["failed"], root / ROUND_JSON)
-    return summary
+            # "local": a new Ray instance on this machine even where `ray start` left one running (--address auto joins it)
+            try:
+                ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
+            except ConnectionError as exc:
+                raise ValueError(
+                    f"--address {address}: {exc}. If the cluster is running, it may want a token (Ray 2.60 clusters "
+                    f"started by `ray start` do): run this command with RAY_AUTH_MODE=token and the cluster's token "
+                    f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token), or start the cluster with RAY_AUTH_MODE=disabled "
+                    f"(docs/rounds.md)") from exc
+        t0 = time.perf_counter()
+        try:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            res = resolve_resources(threads_per_task, gpus_per_task, max_retries, nodes)
+            invocation["resources"] = {"threads_per_task": res.threads, "gpus_per_task": res.gpus,
+                                       "device": res.device, "max_retries": res.max_retries,
+                                       "cluster": {k: v for k, v in ray.cluster_resources().items()
+                                                   if k in ("CPU", "GPU", "memory")}, "nodes": len(nodes)}
+            log(f"ray: {len(nodes)} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs, "
+                f"{ray.cluster_resources().get('GPU', 0):g} GPUs; each task {res.threads} thread(s), {res.gpus:g} GPU "
+                f"({res.device})")
+            opts = dict(num_cpus=res.threads, num_gpus=res.gpus, max_retries=res.max_retries,
+                        retry_exceptions=[OSError])
+            remote_fold, remote_cell = ray.remote(train_task), ray.remote(cell_task)
+            common = {"data_path": str(data_path), "code": code_version(), "data_sha256": data_sha256(data),
+                      "device": res.device, "threads": res.threads, "allow_code_change": spec.allow_code_change,
+                      "reuse_without_checkpoint": spec.reuse_without_checkpoint,
+                      "keep": spec.keep, "command": command, "on_epoch_end": on_epoch_end, "mirror_root": mirror_root}
+
+            # A cell task reuses its finished folds and fits the baselines: seconds of work, so it asks for no CPU
+            # and does not queue behind the fold tasks that hold every CPU (its results.json appears as soon as its
+            # folds are done). It keeps its GPU share: the device it records is the folds'.
+            cell_opts = {**opts, "num_cpus": 0}
+
+            def submit_cell(plan: CellPlan):
+                futures[remote_cell.options(name=plan.cell.path, **cell_opts).remote(
+                    _cell_job(common, spec, plan, root))] = (plan, None)
+
+            futures: dict = {}
+            waiting: dict[str, set[int]] = {}
+            for plan in pending:
+                waiting[plan.cell.path] = {f for f, _ in plan.train}
+                for fold, _ in plan.train:
+                    job = _fold_job(common, spec, plan, fold, root)
+                    futures[remote_fold.options(name=plan.cell.fold_path(fold), **opts).remote(job)] = (plan, fold)
+                if not plan.train:
+                    submit_cell(plan)
+            total, done = len(futures) + sum(1 for p in pending if p.train), 0
+            while futures:
+                ready, _ = ray.wait(list(futures), num_returns=1)
+                plan, fold = futures.pop(ready[0])
+                what = plan.cell.path + ("" if fold is None else f" fold {fold}")
+                done += 1
+                try:
+                    out = ray.get(ready[0])
+                except ray.exceptions.RayError as exc:
+                    reason = _failure_reason(exc)
+                    invocation["failed"].append({"cell": plan.cell.path, "fold": fold, "error": reason})
+                    waiting.pop(plan.cell.path, None)
+                    log(f"[{done}/{total}] {what}: FAILED: {reason}")
+                else:
+                    invocation["tasks"].append(out)
+                    log(f"[{done}/{total}] {what}: {_task_line(out)}")
+                    if fold is not None and plan.cell.path in waiting:
+                        waiting[plan.cell.path].discard(fold)
+                        if not waiting[plan.cell.path]:
+                            del waiting[plan.cell.path]
+                            submit_cell(plan)
+                _record(root, request, history + [{**invocation, "finished": None}], mirror_to, log)
+        finally:
+            try:
+                invocation.update(finished=now(), wall_seconds=time.perf_counter() - t0)
+                summary = _record(root, request, history + [invocation], mirror_to, log)
+            finally:
+                if started_here:
+                    ray.shutdown()
+        if invocation["failed"]:
+            raise RoundFailed(invocation["failed"], root / ROUND_JSON)
+        return summary
+    finally:
+        lock.close()  # releases the lock
+
+
+LOCK_FILE = ".round.lock"
+
+
+def _lock_round(root: Path):
+    """Take ``root/.round.lock`` (``flock``, released when the returned file is closed or the process ends) for
+    the driver that trains into ``root``; ``ValueError`` naming the holder when another driver has it."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a process"
+        f.close()
+        raise ValueError(f"{root}: another `percepiano round` is training into this folder ({holder}; "
+                         f"{root / LOCK_FILE}): wait for it, or stop it (it resumes where it stopped)") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {now()}\n")
+    f.flush()
+    return f
 
 
 def _cell_fields(common: Mapping, spec: RoundSpec, plan: CellPlan) -> dict:
@@ -553,11 +613,17 @@ def _task_line(out: Mapping) -> str:
 # --------------------------------------------------------------------------------------------- round.json
 
 
-def _record(root: Path, request: Mapping, invocations: list[dict], mirror_to) -> dict:
-    """round.json rewritten from the folder, and the small outputs copied to ``mirror_to`` (if given)."""
+def _record(root: Path, request: Mapping, invocations: list[dict], mirror_to,
+            log: Callable[[str], None] = lambda s: None) -> dict:
+    """round.json rewritten from the folder, and the small outputs copied to ``mirror_to`` (if given). A copy
+    that fails (the mirror's disk full or gone) is logged and the round goes on: the next task's copy retries."""
     summary = write_round_json(root, request, invocations)
     if mirror_to is not None:
-        export_results(root, mirror_to)
+        try:
+            export_results(root, mirror_to)
+        except OSError as exc:
+            log(f"--mirror-to {mirror_to}: could not copy the round's small outputs ({exc}); the round goes on "
+                f"and copies them again after the next task")
     return summary
 
 

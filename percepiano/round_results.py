@@ -43,11 +43,22 @@ def load_history(root: Path) -> list[dict]:
 
 
 def find_cells(root: str | os.PathLike) -> list[tuple[str, dict]]:
-    """Every cell of a round folder that has a ``results.json``: ``(path relative to root, results)``, sorted."""
+    """Every cell of a round folder that has a ``results.json``: ``(path relative to root, results)``, sorted.
+    Only the folders named as :func:`cell_path` names them count; ``ValueError`` for a results.json in the
+    folder of another cell (its preset, split or seed differ from the folder's name)."""
     root = Path(root)
     found = []
-    for path in sorted(root.glob(f"*/seed*/{RESULTS}")):
-        found.append((path.parent.relative_to(root).as_posix(), load_results(path)))
+    for path in sorted(root.glob(f"*-*/seed*/{RESULTS}")):
+        digits = path.parent.name[len("seed"):]
+        if not digits.isdigit():
+            continue  # not a cell's folder (cell_path): e.g. a copy a user set aside as seed7_old
+        res = load_results(path)
+        want = cell_path(res["preset"], res["split"], int(res["seed"]))
+        rel = path.parent.relative_to(root).as_posix()
+        if rel != want:
+            raise ValueError(f"{path}: the results of preset {res['preset']!r}, split {res['split']!r}, seed "
+                             f"{res['seed']} in the folder of another cell ({rel}; expected {want}): move it there")
+        found.append((rel, res))
     return found
 
 
@@ -251,7 +262,9 @@ EXPORTED_FILES = (ROUND_JSON, RESULTS, "results.csv", FOLD_RESULT, LOG, "gates.j
 
 def export_results(root: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
     """Copy the small outputs of the round folder ``root`` (:data:`EXPORTED_FILES`, at their relative paths)
-    into ``dest``; returns the files written. Checkpoints and test predictions are never copied. The round
+    into ``dest``; returns the files written (those not already there with the same text). Checkpoints and
+    test predictions are never copied, nor the log of a fold still training (its checkpoint is not copied, so a
+    restore from ``dest`` trains it again). The round
     folder's own path, which the recorded command lines hold (``--out``), is written ``ROUND``, and ``dest``'s
     (``--mirror-to``) ``MIRROR``: published outputs name no path of the machine that ran them. Only absolute
     spellings are replaced: a relative one names no machine, and a short one (``--export r``) would match
@@ -268,12 +281,17 @@ def export_results(root: str | os.PathLike, dest: str | os.PathLike) -> list[Pat
                        reverse=True)
     written = []
     for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name in EXPORTED_FILES:
-            text = path.read_text()
-            for spelling, placeholder in spellings:
-                text = text.replace(spelling, placeholder)
-            target = dest / path.relative_to(root)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-            written.append(target)
+        if not path.is_file() or path.name not in EXPORTED_FILES:
+            continue
+        if path.name == LOG and not (path.parent / FOLD_RESULT).is_file():
+            continue  # a fold still training: without its last.pt a restore trains it again from epoch 0
+        text = path.read_text()
+        for spelling, placeholder in spellings:
+            text = text.replace(spelling, placeholder)
+        target = dest / path.relative_to(root)
+        if target.is_file() and target.read_text() == text:
+            continue  # unchanged: not rewritten (a mirror is written after every task)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(text, target)  # a copy stopped half-way never replaces a whole one
+        written.append(target)
     return written

@@ -66,6 +66,8 @@ def test_results_that_are_not_json_objects_are_named_errors(tmp_path):
     ("folds[0].per_label_test_r2", lambda r: r["folds"][0].update(per_label_test_r2=[0.1]), "1 values for 2 label_names"),
     ("folds[1].test_r2", lambda r: r["folds"][1].pop("test_r2"), "expected a number, got None"),
     ("folds", lambda r: r.update(folds=[]), "expected a non-empty list"),
+    ("folds[].fold", lambda r: r["folds"][1].pop("fold"), r"expected distinct fold numbers \(integers >= 0\), got \[0, None\]"),
+    ("folds[].fold", lambda r: r["folds"][1].update(fold=0), r"expected distinct fold numbers .*got \[0, 0\]"),
     ("fold_std", lambda r: r.update(fold_std=float("nan")), "not a finite number"),
 ])
 def test_results_whose_numbers_cannot_be_trusted_are_refused_naming_the_field(tmp_path, field, edit, message):

@@ -164,17 +164,59 @@ def test_a_fold_of_another_code_version_is_refused(finished_round, tmp_path):
         plan_round(spec(), load_dataset(DATA), copy)
 
 
+def test_a_lone_best_pt_of_the_fold_is_planned_as_new_and_removed_when_it_starts(finished_round, tmp_path):
+    """A fold holding only its own best.pt (an older percepiano stopped between the checkpoint writes of epoch
+    1) is trained again: the plan says so, and the task's start removes it; another run's lone best.pt is
+    refused."""
+    from percepiano.round import _start_state
+
+    root, _ = finished_round
+    copy = tmp_path / "R"
+    shutil.copytree(root, copy)
+    cell = copy / "bilstm-performer" / "seed7"
+    (cell / "results.json").unlink()
+    fold1 = cell / "fold1"
+    for path in fold1.iterdir():
+        if path.name != "best.pt":
+            path.unlink()
+    one_cell = dict(presets=("bilstm",), seeds=(7,))
+    [plan] = plan_round(spec(**one_cell), load_dataset(DATA), copy)
+    assert plan.reuse == [0] and plan.train == [(1, "new")]
+    identity = load_checkpoint(fold1 / "best.pt")["identity"]
+    lines = []
+    assert _start_state(fold1, identity, False, False, lines.append) == "new"
+    assert list(fold1.iterdir()) == []
+    shutil.copy(root / "bilstm-performer" / "seed8" / "fold1" / "best.pt", fold1 / "best.pt")  # seed 8's
+    with pytest.raises(ValueError, match=r"(?s)1 cell\(s\) cannot be continued as asked; nothing was started:\n"
+                                         r"bilstm-performer/seed7: .*fold1 holds best\.pt but neither"):
+        plan_round(spec(**one_cell), load_dataset(DATA), copy)
+
+
+def test_keep_best_on_a_finished_round_removes_every_last_pt_and_trains_nothing(finished_round, tmp_path):
+    root, _ = finished_round
+    copy = tmp_path / "R"
+    shutil.copytree(root, copy)
+    lines = []
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("best.pt")}
+    summary = run_round(dataclasses.replace(spec(), keep="best"), DATA, copy, log=lines.append)
+    assert summary["invocations"][-1]["tasks"] == [] and not list(copy.rglob("last.pt"))
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("best.pt")} == before and len(before) == 8
+    assert sum("removed last.pt (--keep best)" in line for line in lines) == 8
+
+
 def test_a_round_restored_from_its_export_reuses_its_finished_folds(finished_round, tmp_path):
-    """The round's machine is gone; its exported small outputs are all that is left, one fold of them lost
-    too: the restored round refuses to reuse folds without checkpoints unless asked, then trains only the
-    lost fold, bitwise as the first time (CPU), and lists the reused folds under folds_without_checkpoint."""
+    """The round's machine is gone; its exported small outputs are all that is left, and one fold was still
+    training when they were copied (its log only): the restored round refuses to reuse folds without
+    checkpoints unless asked, then trains only that fold, from epoch 0, bitwise as the first time (CPU), with
+    the lost run's log set aside, and lists the reused folds under folds_without_checkpoint."""
     from percepiano.round_results import export_results
 
     root, _ = finished_round
     restored = tmp_path / "R"
     export_results(root, restored)
     cell = "bilstm-performer/seed7"
-    shutil.rmtree(restored / cell / "fold1")
+    lost_log = (restored / cell / "fold1" / "log.jsonl").read_text()
+    (restored / cell / "fold1" / "fold_result.json").unlink()  # what a mirror of a fold mid-training holds
     one_cell = dict(presets=("bilstm",), seeds=(7,))
     with pytest.raises(ValueError, match=r"(?s)bilstm-performer/seed7: .*fold0: fold_result.json without best.pt.*"
                                          r"--reuse-without-checkpoint"):
@@ -183,6 +225,8 @@ def test_a_round_restored_from_its_export_reuses_its_finished_folds(finished_rou
                         gpus_per_task=0)
     assert [(t["fold"], t["how"]) for t in summary["invocations"][-1]["tasks"] if t["kind"] == "fold"] == [(1, "new")]
     assert fold_numbers(restored / cell / "fold1") == fold_numbers(root / cell / "fold1")
+    [set_aside] = (restored / cell / "fold1").glob("lost-*-log.jsonl")
+    assert set_aside.read_text() == lost_log
     again, first = (json.loads((r / cell / "results.json").read_text()) for r in (restored, root))
     assert again["folds_without_checkpoint"] == [0] and first["folds_without_checkpoint"] == []
     assert again["mean_test_r2"] == first["mean_test_r2"]
@@ -391,6 +435,22 @@ def test_a_cluster_that_refuses_the_connection_is_explained(tmp_path, monkeypatc
         run_round(spec(presets=("bilstm",), seeds=(7,), folds=(0,)), DATA, tmp_path / "R", address="10.0.0.1:6379")
 
 
+def test_a_second_driver_on_the_same_round_folder_is_refused(tmp_path, monkeypatch):
+    """While one `percepiano round` trains into a folder, another on it is refused, naming the holder, before
+    Ray starts or a fold is touched; once the first has let go, the folder is free."""
+    from percepiano.round import _lock_round
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # refused before Ray would start
+    root = tmp_path / "R"
+    held = _lock_round(root)
+    with pytest.raises(ValueError, match=rf"another `percepiano round` is training into this folder \(pid "
+                                         rf"{os.getpid()} on .*\.round\.lock\)"):
+        run_round(spec(), DATA, root)
+    assert sorted(p.name for p in root.iterdir()) == [".round.lock"]
+    held.close()
+    _lock_round(root).close()
+
+
 def test_a_cv_run_directory_is_not_a_round(tmp_path, capsys):
     out = tmp_path / "cv"
     assert main(["cv", "--preset", "ridge", "--split", "performer", "--folds", "0", "--data", str(DATA),
@@ -405,6 +465,21 @@ def test_summary_lists_the_pending_seeds(finished_round):
                                    "folds": [0, 1]})
     assert cells["han-performer"]["pending_seeds"] == [9] and cells["han-composition"]["pending_seeds"] == [7, 9]
     assert cells["han-composition"]["seeds"] == {}
+
+
+def test_summary_reads_only_the_cells_folders_and_refuses_results_in_another_cells(tmp_path):
+    """A copy set aside beside a seed's folder (seed7_old) is not a seed of the cell; a results.json in the
+    folder of another seed is refused, naming the file, rather than averaged under the wrong seed."""
+    root = _status_round(tmp_path)
+    cell = root / "han-composition"
+    shutil.copytree(cell / "seed7", cell / "seed7_old")
+    summary = summarize_round(root)
+    assert list(summary["han-composition"]["seeds"]) == ["7"]
+    assert summary["han-composition"]["seeds"]["7"]["dir"] == "han-composition/seed7"
+    shutil.move(cell / "seed7_old", cell / "seed8")
+    with pytest.raises(ValueError, match=r"han-composition/seed8/results\.json: the results of preset 'han', split "
+                                         r"'composition', seed 7 in the folder of another cell"):
+        summarize_round(root)
 
 
 def _status_round(tmp_path) -> Path:
@@ -442,6 +517,20 @@ def test_status_reads_every_cells_folds_without_ray(tmp_path, capsys, monkeypatc
     assert rows["| `han` performer"][1:3] == ["-", "0 × 1"]  # asked for, nothing there yet
 
 
+def test_status_counts_a_training_folds_epochs_from_the_rounds_request(tmp_path, capsys):
+    """A round run with --epochs 30: --status --presets shows its folds out of 30 epochs (hours left too)
+    without being told --epochs again; --epochs still overrides it."""
+    root = _status_round(tmp_path)
+    (root / ROUND_JSON).write_text(json.dumps({"request": {"presets": ["bilstm"], "splits": ["performer"],
+                                                           "seeds": [7], "folds": [0, 1, 2, 3],
+                                                           "train_config": {"epochs": 30}}, "invocations": []}))
+    status = ["round", "--status", "--out", str(root), "--presets", "bilstm", "--splits", "performer"]
+    assert main(status) == 0
+    assert "0: epoch 6/30 (120 s/epoch, 0.8 h left)" in capsys.readouterr().out  # 24 epochs x 120 s
+    assert main(status + ["--epochs", "10"]) == 0
+    assert "0: epoch 6/10 (120 s/epoch, 0.1 h left)" in capsys.readouterr().out
+
+
 def test_status_reads_past_a_line_being_written_and_names_a_damaged_one(tmp_path, capsys):
     root = _status_round(tmp_path)
     log = root / "bilstm-performer" / "seed7" / "fold0" / "log.jsonl"
@@ -461,11 +550,16 @@ def test_export_copies_the_small_outputs_only(tmp_path, capsys):
     assert main(["round", "--export", str(tmp_path / "published"), "--out", str(root)]) == 0
     copied = sorted(p.relative_to(tmp_path / "published").as_posix() for p in (tmp_path / "published").rglob("*")
                     if p.is_file())
-    assert "bilstm-performer/seed7/fold0/log.jsonl" in copied and "han-composition/seed7/results.json" in copied
+    assert "bilstm-performer/seed7/fold3/log.jsonl" in copied and "han-composition/seed7/results.json" in copied
+    assert "bilstm-performer/seed7/fold0/log.jsonl" not in copied  # still training: restored, it starts again
     assert not [p for p in copied if p.endswith((".pt", ".npz"))]
     assert (tmp_path / "published" / "han-composition/seed7/fold2/fold_result.json").read_bytes() == (
         root / "han-composition/seed7/fold2/fold_result.json").read_bytes()
-    assert f"copied {len(copied)} files" in capsys.readouterr().out
+    assert f"copied {len(copied)} new or changed files" in capsys.readouterr().out
+    before = {p: p.stat().st_ino for p in (tmp_path / "published").rglob("*") if p.is_file()}
+    assert main(["round", "--export", str(tmp_path / "published"), "--out", str(root)]) == 0
+    assert "copied 0 new or changed files" in capsys.readouterr().out
+    assert {p: p.stat().st_ino for p in (tmp_path / "published").rglob("*") if p.is_file()} == before
 
 
 def test_export_writes_the_round_and_mirror_folders_as_ROUND_and_MIRROR(tmp_path):
@@ -496,7 +590,7 @@ def test_export_to_a_relative_folder_leaves_the_other_text_alone(tmp_path, monke
     published = json.loads((tmp_path / "o" / ROUND_JSON).read_text())
     assert published["invocations"][0]["command"] == (
         "percepiano round --presets han --splits composition --folds 0,1 --out ROUND")
-    log = "bilstm-performer/seed7/fold0/log.jsonl"
+    log = "bilstm-performer/seed7/fold3/log.jsonl"
     assert (tmp_path / "o" / log).read_bytes() == (root / log).read_bytes()
 
 

@@ -87,7 +87,7 @@ def cmd_round(args) -> int:
         from ..round_results import export_results
 
         written = export_results(args.out, args.export)
-        print(f"copied {len(written)} files of {args.out} into {args.export}")
+        print(f"copied {len(written)} new or changed files of {args.out} into {args.export}")
         if not args.status:
             return 0
     if args.status:
@@ -137,16 +137,19 @@ def _print_status(args) -> int:
     from ..results import read_json_object
     from ..round_results import ROUND_JSON, format_status_markdown, round_status
 
-    request = None
+    if not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: no such round folder")
+    saved = None
+    if (args.out / ROUND_JSON).is_file():
+        saved = read_json_object(args.out / ROUND_JSON, "round summary").get("request")
+    request = saved
     if args.presets or args.splits:
+        # the epochs of a training fold: --epochs, else those the round was last run with
+        epochs = args.epochs or ((saved or {}).get("train_config") or {}).get("epochs")
         request = {"presets": _names(args.presets or "", "--presets", sorted(PRESETS)),
                    "splits": _names(args.splits or "", "--splits", SPLIT_SCHEMES),
                    "seeds": int_list(args.seeds, "--seeds"), "folds": int_list(args.folds, "--folds", range(N_FOLDS)),
-                   "train_config": {"epochs": args.epochs} if args.epochs else {}}
-    elif (args.out / ROUND_JSON).is_file():
-        request = read_json_object(args.out / ROUND_JSON, "round summary").get("request")
-    if not args.out.is_dir():
-        raise ValueError(f"--out {args.out}: no such round folder")
+                   "train_config": {"epochs": epochs} if epochs else {}}
     print(format_status_markdown(round_status(args.out, request)))
     return 0
 
