@@ -108,6 +108,12 @@ def summarize_round(root: str | os.PathLike, request: Mapping | None = None) -> 
             devices=sorted({str(s["device"]) for s in seeds.values()}),
             train_seconds=float(sum(s["train_seconds"] for s in seeds.values())),
         )
+        # seeds averaged although their runs differ in length or folds (a short test run at another seed, a
+        # seed with half its folds): said beside the numbers, not hidden in them
+        differ = [f"{what} {sorted({str(s[what]) for s in seeds.values()})}" for what in ("epochs", "folds")
+                  if len({str(s[what]) for s in seeds.values()}) > 1]
+        if differ:
+            entry["seeds_differ"] = "; ".join(differ)
     if request is not None:
         for preset in request["presets"]:
             for split in request["splits"]:
@@ -148,6 +154,7 @@ def format_round_table(summary: Mapping) -> str:
             f"{name:<24} {c['n_seeds']:>5} {c['mean_test_r2']:>12.4f} {c['fold_std']:>9.4f} {seed_std:>9} "
             f"{'-' if ridge is None else format(ridge, '.4f'):>7}  {'/'.join(c['devices'])}, "
             f"{c['train_seconds'] / 3600:.2f} h" + (f"; pending seeds {c['pending_seeds']}" if c.get("pending_seeds") else "")
+            + (f"; seeds differ in {c['seeds_differ']}" if c.get("seeds_differ") else "")
         )
     return "\n".join(lines)
 

@@ -482,6 +482,23 @@ def test_summary_reads_only_the_cells_folders_and_refuses_results_in_another_cel
         summarize_round(root)
 
 
+def test_a_cell_whose_seeds_ran_different_epochs_says_so_beside_its_mean(tmp_path):
+    from percepiano.round_results import format_round_table
+
+    root = _status_round(tmp_path)
+    cell = root / "han-composition"
+    shutil.copytree(cell / "seed7", cell / "seed8")
+    res = json.loads((cell / "seed8" / "results.json").read_text())
+    (cell / "seed8" / "results.json").write_text(json.dumps({**res, "seed": 8}))
+    assert "seeds_differ" not in summarize_round(root)["han-composition"]  # the same run at another seed
+    (cell / "seed8" / "results.json").write_text(json.dumps({**res, "seed": 8, "epochs": res["epochs"] + 2}))
+    summary = summarize_round(root)
+    entry = summary["han-composition"]
+    assert entry["n_seeds"] == 2 and entry["seeds_differ"] == f"epochs {sorted([str(res['epochs']), str(res['epochs'] + 2)])}"
+    row = [line for line in format_round_table({"cells": summary}).splitlines() if line.startswith("han-composition")]
+    assert row and row[0].endswith(f"; seeds differ in {entry['seeds_differ']}")
+
+
 def _status_round(tmp_path) -> Path:
     """A round folder as one looks mid-way: a finished cell (4 folds), a cell with one fold done, one fold
     training (6 epochs logged) and two not begun."""
