@@ -117,6 +117,7 @@ CLUSTERINGS = ("excerpt", "performer", "excerpt+performer", "segment")
 DEFAULT_CLUSTERING = "excerpt"
 DEFAULT_RESAMPLES = 2000  # replicates: percentile bounds at 0.95 move by about 0.1 SE between RNG seeds
 DEFAULT_LEVEL = 0.95  # two-sided interval level
+SEED_RANGE = range(2**32)  # the seeds numpy accepts (np.random.seed): training seeds random, numpy and torch with it
 BOOTSTRAP_SEED = 0  # fixed, so that the same inputs always give the same interval and verdict
 POWER = 0.8  # the power of the planning figures (minimum detectable effect, seeds needed)
 MAX_PLANNED_SEEDS = 1000  # seeds_needed answers "more than this" beyond it

@@ -36,7 +36,7 @@ from .constants import (  # noqa: F401 (re-exported: the data's names)
     SHIPPED_SPLIT_SCHEMES,
     SPLIT_SCHEMES,
 )
-from .splits import recorded_work_split
+from .splits import recorded_work_split, works_across_parts
 
 
 @dataclass(frozen=True)
@@ -379,10 +379,21 @@ def _validate(a: Mapping[str, np.ndarray], path: str) -> None:
         if differs.any():
             seg = int(np.flatnonzero(differs)[0])
             raise _fail(path, name, f"test membership differs across folds: {s[seg].tolist()}", ids, seg)
+        valid_in = (s == PARTS["valid"]).sum(axis=1)
+        if (valid_in > 1).any():  # the folds of a cross-validation: each segment validates at most one of them
+            seg = int(np.flatnonzero(valid_in > 1)[0])
+            raise _fail(path, name, f"valid in folds {np.flatnonzero(s[seg] == PARTS['valid']).tolist()}: a segment "
+                        f"may be in the valid part of one fold only (folds copied or overlapping?)", ids, seg)
         for fold in range(N_FOLDS):
             for part, code in PARTS.items():
                 if not (s[:, fold] == code).any():
                     raise _fail(path, name, f"fold {fold} has no {part} segment")
+        if scheme == "work":  # what the split is for: no work in two of train, valid and test
+            for fold, leaks in enumerate(works_across_parts(ids, s)):
+                if leaks:
+                    work, parts = next(iter(leaks.items()))
+                    raise _fail(path, name, f"fold {fold}: work {work!r} has segments in {' and '.join(parts)} "
+                                f"({len(leaks)} such work(s)); a work-held-out split keeps every work in one part")
 
 
 # --------------------------------------------------------------------------------------------- batching

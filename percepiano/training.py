@@ -60,7 +60,7 @@ from .checkpoints import (
     set_rng_state,
 )
 from .config import DictRoundTrip, ModelConfig
-from .constants import PARTS
+from .constants import PARTS, SEED_RANGE
 from .data import Batch, PercePianoData, feature_size, iterate_batches, num_batches
 from .hierarchy import BatchShapes
 from .metrics import evaluate_predictions, r2
@@ -118,6 +118,9 @@ class TrainConfig(DictRoundTrip):
                 raise ValueError(f"TrainConfig.{name}: expected None or >= 1, got {v!r}")
         if not self.lr > 0 or self.weight_decay < 0 or not self.grad_clip > 0 or not 0 < self.lr_gamma <= 1:
             raise ValueError(f"TrainConfig: invalid optimisation values {self}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or int(self.seed) not in SEED_RANGE:
+            raise ValueError(f"TrainConfig.seed: expected an integer in 0..{SEED_RANGE.stop - 1} (numpy's seed range), "
+                             f"got {self.seed!r}")
         if self.rng not in RNG_CHOICES:
             raise ValueError(f"TrainConfig.rng: expected one of {list(RNG_CHOICES)}, got {self.rng!r}")
         if self.dtype not in DTYPES:

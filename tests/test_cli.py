@@ -94,6 +94,21 @@ def test_devices_that_cannot_be_used_are_clear_errors(tmp_path, capsys, device, 
     assert re.search(message, _error(capsys, "train"))
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--preset", "han", "--seed", "-1", *TRAIN], r"TrainConfig\.seed: expected an integer in 0\.\.4294967295"),
+    (["cv", "--preset", "han", "--seeds", "7,-1", "--split", "composition", "--folds", "0", "--epochs", "1"],
+     r"--seeds: expected distinct comma-separated integers from 0-4294967295, got '7,-1'"),
+    (["round", "--presets", "han", "--splits", "composition", "--seeds", f"{2**32}"],
+     r"--seeds: expected distinct comma-separated integers from 0-4294967295"),
+])
+def test_a_seed_numpy_cannot_take_is_refused_before_anything_is_trained_or_written(tmp_path, capsys, argv, message):
+    """numpy seeds only 0..2**32-1: a seed outside used to fail after the seeds before it had trained (hours),
+    leaving a seeds.json that refused the corrected command."""
+    assert cli.main([*argv, "--out", str(tmp_path / "run"), "--data", str(SYNTHETIC)]) == 2
+    assert re.search(message, _error(capsys, argv[0]))
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------------------ checkpoints
 
 

@@ -111,10 +111,23 @@ def test_a_dataset_without_a_work_split_says_so():
 
 
 def test_a_work_split_array_in_the_file_is_used_and_checked():
-    arrays = synthetic.dataset_arrays(n_segments=32, seed=0)
-    work = arrays["composition_split"][::-1].copy()
+    """A work_split stored in the file is used as given, once it is a split of the works: another scheme's
+    split (pieces in two parts), folds that share valid segments and test sets that differ are refused."""
+    arrays = synthetic.dataset_arrays(n_segments=64, seed=0)
+    work = splits.work_split(arrays["segment_ids"], arrays["composition_split"])
     ds = PercePianoData({**arrays, "work_split": work})
     np.testing.assert_array_equal(ds.split_indices("work", 2, "valid"), np.flatnonzero(work[:, 2] == VALID))
+    leaks = splits.works_across_parts(arrays["segment_ids"], arrays["composition_split"])
+    assert any(leaks)  # the synthetic composition split holds out segments, not pieces
+    fold = next(k for k, f in enumerate(leaks) if f)
+    with pytest.raises(ValueError, match=rf"array 'work_split': fold {fold}: work 'Synthetic_piece\d+' has segments in "
+                                         r"\w+ and \w+ .*keeps every work in one part"):
+        PercePianoData({**arrays, "work_split": arrays["composition_split"]})
+    copied = work.copy()
+    copied[:, 1] = copied[:, 0]  # fold 1 is fold 0 again
+    with pytest.raises(ValueError, match=r"array 'work_split', segment .*: valid in folds \[0, 1\]: a segment may be "
+                                         r"in the valid part of one fold only"):
+        PercePianoData({**arrays, "work_split": copied})
     bad = work.copy()
     bad[0, 1] = TRAIN if bad[0, 1] == TEST else TEST
     with pytest.raises(ValueError, match="array 'work_split'.*test membership differs across folds"):

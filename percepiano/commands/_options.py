@@ -164,7 +164,7 @@ def refuse_training_options(args, preset: str, extra: tuple = ()) -> None:
 
 def int_list(text: str, option: str, allowed: range | None = None) -> list[int]:
     """``"0,2"`` -> ``[0, 2]``: distinct integers (from ``allowed``), or a ``ValueError`` naming ``option``."""
-    expected = f"distinct comma-separated integers{f' from {allowed.start}-{allowed.stop - 1}' if allowed else ''}"
+    expected = f"distinct comma-separated integers{f' from {allowed.start}-{allowed.stop - 1}' if allowed is not None else ''}"
     try:
         values = [int(v) for v in str(text).split(",")]
     except ValueError:

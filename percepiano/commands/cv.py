@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..constants import BASELINES, N_FOLDS
+from ..constants import BASELINES, N_FOLDS, SEED_RANGE
 from ._options import (
     add_run_options,
     add_reuse_without_checkpoint_option,
@@ -55,7 +55,7 @@ def cmd_cv(args) -> int:
     folds = int_list(args.folds, "--folds", range(N_FOLDS))
     if args.parallel_folds < 1:
         raise ValueError(f"--parallel-folds: expected an integer >= 1, got {args.parallel_folds}")
-    seeds = int_list(args.seeds, "--seeds") if args.seeds is not None else None
+    seeds = int_list(args.seeds, "--seeds", SEED_RANGE) if args.seeds is not None else None
     if seeds is not None and args.seed is not None:
         raise ValueError("--seed and --seeds: give one of them")
     if args.preset in BASELINES:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..constants import N_FOLDS, SPLIT_SCHEMES
+from ..constants import N_FOLDS, SEED_RANGE, SPLIT_SCHEMES
 from ._options import (
     add_data,
     add_protocol_options,
@@ -100,7 +100,7 @@ def cmd_round(args) -> int:
     spec = RoundSpec(
         presets=_names(args.presets, "--presets", sorted(PRESETS)),
         splits=_names(args.splits, "--splits", SPLIT_SCHEMES),
-        seeds=tuple(int_list(args.seeds, "--seeds")),
+        seeds=tuple(int_list(args.seeds, "--seeds", SEED_RANGE)),
         folds=tuple(int_list(args.folds, "--folds", range(N_FOLDS))),
         train_config=train_config(args),
         model_overrides=model_overrides(args),
@@ -148,7 +148,7 @@ def _print_status(args) -> int:
         epochs = args.epochs or ((saved or {}).get("train_config") or {}).get("epochs")
         request = {"presets": _names(args.presets or "", "--presets", sorted(PRESETS)),
                    "splits": _names(args.splits or "", "--splits", SPLIT_SCHEMES),
-                   "seeds": int_list(args.seeds, "--seeds"), "folds": int_list(args.folds, "--folds", range(N_FOLDS)),
+                   "seeds": int_list(args.seeds, "--seeds", SEED_RANGE), "folds": int_list(args.folds, "--folds", range(N_FOLDS)),
                    "train_config": {"epochs": epochs} if epochs else {}}
     print(format_status_markdown(round_status(args.out, request)))
     return 0
