@@ -579,8 +579,22 @@ def _compare_baseline(result: GateResult, run: dict, name: str | None, baseline,
             result.baseline_failed = require_baseline
             return
         base = load_results(base_path)
+        where = base.get("_path", base_path)
+        if base.get("preset") != BASELINE_PRESET:
+            raise ValueError(f"{where}: field 'preset': a baseline is a `percepiano cv --preset {BASELINE_PRESET}` "
+                             f"run, this is {base.get('preset')!r}")
         if base.get("split") != run.get("split"):
-            raise ValueError(f"the baseline is on split {base.get('split')!r}, this run on {split!r}")
+            raise ValueError(f"{where}: field 'split': the baseline is on split {base.get('split')!r}, this run on "
+                             f"{split!r}")
+        base_folds, run_folds = (sorted(int(f["fold"]) for f in r["folds"]) for r in (base, run))
+        if base_folds != run_folds:
+            if baseline is not None:
+                raise ValueError(f"{where}: field 'folds': the baseline covers folds {base_folds}, this run "
+                                 f"{run_folds}: a baseline is compared on the same folds")
+            result.notes.append(f"the {BASELINE_PRESET} run next to this one ({where}) covers folds {base_folds}, "
+                                f"this run {run_folds}: not compared (a baseline is compared on the same folds)")
+            result.baseline_failed = require_baseline
+            return
         bval = metric_value(base, resolve_label(base, name) if name is not None else None)
         source = str(base.get("_path", "<dict>"))
     limit = ((run.get("config") or {}).get("train") or {}).get("limit_segments")
@@ -641,8 +655,9 @@ def verdict_line(r: GateResult) -> str:
             iv = r.interval.overall
             where = "inside" if iv.contains(r.reference) else ("above" if r.reference > iv.high else "below")
             text += f"; target {where} the {r.interval.level:.0%} interval [{iv.low:.4f}, {iv.high:.4f}]"
-    if r.baseline_failed:
-        text += "; FAIL: --require-baseline and the run does not beat the baseline (or none was found)"
+    if r.baseline_failed:  # the gate fails whatever the comparison says: said first
+        text = ("FAIL (exit 1): --require-baseline and the run does not beat the baseline (or none was found); "
+                f"the comparison alone: {text.replace(f' (exit {r.exit_code})', '', 1)}")
     return text
 
 
@@ -759,7 +774,10 @@ def gate_json(r: GateResult) -> dict:
     """The verdict as a JSON-ready dict (``percepiano gate --json``)."""
     out = {
         "verdict": r.verdict, "exit_code": r.exit_code, "metric": r.metric, "value": r.value, "reference": r.reference,
-        "reference_name": r.reference_name, "allowed_drop": r.allowed_drop, "passed": r.passed,
+        # passed: the gate as a whole (the exit code 0), --require-baseline included; the comparison alone is
+        # "verdict" (and "comparison_passed")
+        "reference_name": r.reference_name, "allowed_drop": r.allowed_drop, "passed": r.exit_code == EXIT_PASS,
+        "comparison_passed": r.passed,
         "baseline": r.baseline, "baseline_failed": r.baseline_failed, "notes": r.notes,
         "runs": list(r.names), "fold_values": r.fold_values,
     }

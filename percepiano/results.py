@@ -167,11 +167,14 @@ def sibling_results(run_dirs: Iterable[str | os.PathLike], presets: Collection[s
 def fold_values(results: Mapping, label: str | None = None) -> np.ndarray:
     """Per-fold test R² (of one label when ``label`` is given), in fold order."""
     vals = []
-    for f in results["folds"]:
+    for i, f in enumerate(results["folds"]):
         if label is None:
             vals.append(float(f["test_r2"]))
         else:
-            per = f["per_label_test_r2"]
+            per = f.get("per_label_test_r2")
+            if per is None:
+                raise ValueError(f"{results.get('_path', '<results>')}: field 'folds[{i}].per_label_test_r2': missing, "
+                                 f"and label {label!r} needs it (a results.json without per-label R²)")
             vals.append(float(per[label] if isinstance(per, Mapping) else per[label_index(results, label)]))
     return np.asarray(vals, dtype=np.float64)
 

@@ -279,11 +279,23 @@ def test_a_malformed_sibling_run_does_not_break_gate_label_or_report(tmp_path, c
     han = str(runs / "han" / "results.json")
     # per-label gating takes the ridge baseline from the sibling run directories, where the broken one lies too
     assert cli.main(["gate", han, "--against", han, "--label", "0"]) == 0
-    assert "ridge" in capsys.readouterr().out
+    assert "| vs ridge baseline" in capsys.readouterr().out  # found and compared, past the broken sibling
     if text == "null":  # the report looks for its mean/ridge baselines there too
         pytest.importorskip("matplotlib")
         assert cli.main(["report", str(runs / "han"), "--out", str(tmp_path / "report")]) == 0
         assert "report.md" in capsys.readouterr().out
+
+
+def test_a_label_gate_on_results_without_per_label_r2_names_the_field(tmp_path, capsys):
+    runs = _copy_runs(tmp_path)
+    path = runs / "han" / "results.json"
+    res = json.loads(path.read_text())
+    for f in res["folds"]:
+        del f["per_label_test_r2"]
+    path.write_text(json.dumps(res))
+    assert cli.main(["gate", str(path), "--against", str(path), "--label", "0"]) == 2
+    assert re.search(r"han/results\.json: field 'folds\[0\]\.per_label_test_r2': missing, and label '\w+' needs it",
+                     _error(capsys, "gate"))
 
 
 @pytest.mark.parametrize("text, message", [

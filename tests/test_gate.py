@@ -23,6 +23,7 @@ from percepiano.gate import (
     gate,
     gate_json,
     load_round,
+    verdict_line,
 )
 from percepiano.metrics import r2, r2_per_label
 from percepiano.results import write_seeds_index
@@ -349,6 +350,35 @@ def test_recorded_baseline_and_explicit_baseline(tmp_path):
     r = gate(lonely)
     assert r.baseline is None and any("no ridge baseline" in n for n in r.notes)
     assert gate(lonely, require_baseline=True).exit_code == 1
+
+
+def test_a_baseline_must_be_ridge_on_the_same_split_and_folds(tmp_path):
+    run = write_run(tmp_path, "han", "han", "composition", [0.45] * 4)
+    neural = write_run(tmp_path / "x", "bilstm_sa", "bilstm_sa", "composition", [0.3] * 4)
+    with pytest.raises(ValueError, match=r"bilstm_sa/results\.json: field 'preset': a baseline is a `percepiano cv "
+                                         r"--preset ridge` run, this is 'bilstm_sa'"):
+        gate(run, baseline=neural, require_baseline=True)
+    two_folds = write_run(tmp_path / "y", "ridge", "ridge", "composition", [0.5] * 2)
+    with pytest.raises(ValueError, match=r"field 'folds': the baseline covers folds \[0, 1\], this run \[0, 1, 2, 3\]"):
+        gate(run, baseline=two_folds)
+    beside = write_run(tmp_path / "z", "ridge", "ridge", "composition", [0.5] * 2)  # next to the run below
+    lonely = write_run(tmp_path / "z", "han", "han", "composition", [0.45] * 4)
+    r = gate(lonely, require_baseline=True)
+    assert r.baseline is None and r.exit_code == 1
+    assert any(f"({beside}) covers folds [0, 1], this run [0, 1, 2, 3]: not compared" in n for n in r.notes), r.notes
+
+
+def test_require_baseline_fails_the_whole_gate_in_its_json_and_first_words(tmp_path):
+    """--require-baseline with a comparison that passes: exit 1, and the JSON's passed and the verdict line say
+    the gate failed (a CI job reading either merged a round the gate had failed)."""
+    run = write_run(tmp_path, "han", "han", "composition", [0.40] * 4)
+    write_run(tmp_path, "ridge", "ridge", "composition", [0.42] * 4)
+    r = gate(run, require_baseline=True)
+    assert r.passed and r.exit_code == 1
+    assert gate_json(r)["passed"] is False and gate_json(r)["comparison_passed"] is True
+    assert verdict_line(r).startswith("FAIL (exit 1): --require-baseline and the run does not beat the baseline")
+    assert "the comparison alone: PASS: mean_test_r2 0.4000" in verdict_line(r)
+    assert gate_json(gate(run))["passed"] is True  # informative by default
 
 
 def test_a_seeds_round_finds_the_ridge_run_next_to_it(tmp_path, base):
