@@ -8,6 +8,8 @@ Defaults are the published HAN (docs/original.md#hyperparameters, #model): the y
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
 from .constants import BOUNDARY_RULES, INITS, LEVELS, PRESET_FEATURES  # noqa: F401 (PRESET_FEATURES re-exported)
@@ -75,9 +77,11 @@ class ModelConfig(DictRoundTrip):
             raise ValueError(f"ModelConfig.init: expected one of {INITS}, got {self.init!r}")
         if not self.attention_temperature > 0:
             raise ValueError(f"ModelConfig.attention_temperature: expected > 0, got {self.attention_temperature!r}")
-        for name in ("input_size", "note_size", "voice_size", "beat_size", "measure_size", "num_heads", "num_labels"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ModelConfig.{name}: expected a positive integer, got {getattr(self, name)!r}")
+        for name in ("input_size", "note_size", "voice_size", "beat_size", "measure_size", "num_heads", "num_labels",
+                     "note_layers", "voice_layers", "beat_layers", "measure_layers"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"ModelConfig.{name}: expected a positive integer, got {v!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
         # The original sizes its context attentions from these widths; each must split into equal heads.
@@ -87,7 +91,9 @@ class ModelConfig(DictRoundTrip):
             ("pooling attention (2*measure_size)", 2 * self.measure_size),
         ):
             if width % self.num_heads:
-                raise ValueError(f"ModelConfig: {what} = {width} is not divisible by num_heads = {self.num_heads}")
+                raise ValueError(f"ModelConfig: {what} = {width} is not divisible by num_heads = {self.num_heads}"
+                                 + (f" (hidden_size {self.hidden_size}, --hidden-size: choose a multiple of "
+                                    f"{self.num_heads // math.gcd(self.num_heads, 2)})" if self.hidden_size is not None else ""))
 
     @property
     def encoder_size(self) -> int:

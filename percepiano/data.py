@@ -28,6 +28,7 @@ from .constants import (  # noqa: F401 (re-exported: the data's names)
     DATA_ENV,
     FEATURE_SETS,
     INPUT_DIM,
+    LABEL_NAMES,
     LOCATION_KEYS,
     MAX_VOICE,
     N_FOLDS,
@@ -134,8 +135,10 @@ class PercePianoData:
         self.input = np.asarray(arrays["input"], dtype=np.float32)
         self.labels = np.asarray(arrays["labels"], dtype=np.float32)
         self.labels_std = np.asarray(arrays["labels_std"], dtype=np.float32)
-        self.label_names = [str(s) for s in arrays["label_names"]]
-        self.feature_names = [str(s) for s in arrays["feature_names"]] if "feature_names" in arrays else None
+        # astype(str): names stored as bytes (dtype S) read as text, not as "b'...'"
+        self.label_names = [str(s) for s in np.asarray(arrays["label_names"]).astype(str)]
+        self.feature_names = ([str(s) for s in np.asarray(arrays["feature_names"]).astype(str)]
+                              if "feature_names" in arrays else None)
         self.note_locations = {k: np.asarray(arrays[f"note_{k}"], dtype=np.int64) for k in LOCATION_KEYS}
         self.splits = {s: np.asarray(arrays[f"{s}_split"], dtype=np.int8) for s in SPLIT_SCHEMES if f"{s}_split" in arrays}
         if "work" not in self.splits:  # not in the file: the recorded one, for the recorded segment ids (splits.py)
@@ -362,6 +365,12 @@ def _validate(a: Mapping[str, np.ndarray], path: str) -> None:
     names = a["label_names"]
     if names.shape != (NUM_LABELS,) or names.dtype.kind not in "US":
         raise _fail(path, "label_names", f"expected {NUM_LABELS} strings, got {names.dtype} {names.shape}")
+    text = [str(n) for n in names.astype(str)]
+    if set(text) == set(LABEL_NAMES) and text != list(LABEL_NAMES):  # PercePiano's labels, in another order
+        first = next(i for i, (a_, b_) in enumerate(zip(text, LABEL_NAMES)) if a_ != b_)
+        raise _fail(path, "label_names", f"PercePiano's 19 labels in another order (column {first} is {text[first]!r}, "
+                    f"expected {LABEL_NAMES[first]!r}): the model's outputs are named in the original order "
+                    f"(constants.LABEL_NAMES); reorder the label columns")
     if "feature_names" in a and a["feature_names"].shape != (INPUT_DIM,):
         raise _fail(path, "feature_names", f"expected ({INPUT_DIM},), got {a['feature_names'].shape}")
 

@@ -311,10 +311,11 @@ class PercePianoModel(nn.Module):
 
     # ------------------------------------------------------------------ original weights
     def load_original_state_dict(self, state_dict, strict: bool = True) -> None:
-        """Load weights saved by the original code (``VirtuosoNetMultiLevel.state_dict()``, original names)."""
+        """Load weights saved by the original code (``VirtuosoNetMultiLevel.state_dict()``, original names).
+        ``strict=False`` loads the keys that fit and leaves the other parameters as they are (torch's meaning)."""
         from .convert import from_original
 
-        self.load_state_dict(from_original(state_dict, self, strict=strict))
+        self.load_state_dict(from_original(state_dict, self, strict=strict), strict=strict)
 
     def original_state_dict(self) -> dict[str, torch.Tensor]:
         """Our weights under the original parameter names."""

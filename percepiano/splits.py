@@ -224,18 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     ``percepiano/resources/work_split.json`` records it (written to OUT, else printed)."""
     import sys
 
-    from .data import read_npz
+    from .data import load_dataset
     from .provenance import file_sha256
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (1, 2):
         print("usage: python -m percepiano.splits DATA.npz [OUT.json]", file=sys.stderr)
         return 2
-    arrays = read_npz(args[0])
-    ids = [str(s) for s in arrays["segment_ids"]]
-    split = work_split(ids, arrays[f"{WORK_SPLIT_REFERENCE}_split"])
-    record = work_split_record(ids, split, {"file": Path(args[0]).name, "sha256": file_sha256(args[0]),
-                                            "segments": len(ids)})
+    try:
+        data = load_dataset(args[0])  # validated: segment ids, the reference split
+        ids = [str(s) for s in data.segment_ids]
+        split = work_split(ids, data.splits[WORK_SPLIT_REFERENCE])
+        record = work_split_record(ids, split, {"file": Path(args[0]).name, "sha256": file_sha256(args[0]),
+                                                "segments": len(ids)})
+    except (ValueError, OSError) as exc:
+        print(f"python -m percepiano.splits: error: {exc}", file=sys.stderr)
+        return 2
     text = json.dumps(record, indent=1) + "\n"
     if len(args) == 2:
         Path(args[1]).write_text(text)

@@ -58,7 +58,10 @@ def test_each_deviation_is_listed(change, listed):
         ({"init": "he"}, "init"),
         ({"attention_temperature": 0.0}, "attention_temperature"),
         ({"dropout": 1.0}, "dropout"),
-        ({"hidden_size": 10, "num_heads": 8}, "num_heads"),
+        ({"hidden_size": 10, "num_heads": 8}, r"num_heads = 8 \(hidden_size 10, --hidden-size: choose a multiple of 4\)"),
+        ({"note_layers": 0}, r"note_layers: expected a positive integer, got 0"),
+        ({"beat_layers": 2.5}, r"beat_layers: expected a positive integer, got 2.5"),
+        ({"measure_layers": True}, r"measure_layers: expected a positive integer, got True"),
     ],
 )
 def test_bad_values_name_the_field(bad, field):

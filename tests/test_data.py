@@ -41,6 +41,20 @@ def test_synthetic_file_loads(tmp_path, arrays):
     assert d.note_locations["beat"].dtype == np.int64
 
 
+def test_label_names_stored_as_bytes_read_as_text_and_the_percepiano_order_is_required(tmp_path, arrays):
+    from percepiano.constants import LABEL_NAMES
+
+    as_bytes = D.load_dataset(write(tmp_path, {**arrays, "label_names": arrays["label_names"].astype("S")}))
+    assert as_bytes.label_names == [str(n) for n in arrays["label_names"]]
+    real = D.load_dataset(write(tmp_path, {**arrays, "label_names": np.array(LABEL_NAMES).astype("S")}))
+    assert real.label_names == list(LABEL_NAMES)
+    swapped = list(LABEL_NAMES)
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    with pytest.raises(ValueError, match=rf"array 'label_names': PercePiano's 19 labels in another order \(column 0 is "
+                                         rf"'{swapped[0]}', expected '{LABEL_NAMES[0]}'\)"):
+        D.load_dataset(write(tmp_path, {**arrays, "label_names": np.array(swapped)}))
+
+
 def _seg_rows(arrays, seg):
     return int(arrays["offsets"][seg]), int(arrays["offsets"][seg + 1])
 

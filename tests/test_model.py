@@ -201,6 +201,22 @@ def test_strict_loading_lists_missing_unexpected_and_mismatched_keys():
     assert "shape mismatches (1)" in text and "(5, 16)" in text
 
 
+def test_non_strict_loading_loads_what_fits_and_keeps_the_rest():
+    source = PercePianoModel(tiny("measure"))
+    original = source.original_state_dict()
+    original.pop("score_encoder.beat_rnn.weight_ih_l0")
+    original["out_fc.4.weight"] = torch.zeros(5, 16)  # another shape: not loaded either
+    target = PercePianoModel(tiny("measure"))
+    kept = {k: v.clone() for k, v in target.state_dict().items()}
+    target.load_original_state_dict(original, strict=False)
+    loaded = target.state_dict()
+    torch.testing.assert_close(target.embed.weight, source.embed.weight, rtol=0, atol=0)
+    changed = {k for k in kept if not torch.equal(loaded[k], kept[k])}
+    assert changed and len(changed) == len(kept) - 2  # every key but the missing and the mis-shaped one
+    ours = dict(zip(source.original_state_dict(), source.state_dict()))  # original name -> ours, in order
+    assert set(kept) - changed == {ours["score_encoder.beat_rnn.weight_ih_l0"], ours["out_fc.4.weight"]}
+
+
 def test_rename_table_covers_every_parameter():
     for level in LEVELS:
         ours = PercePianoModel(tiny(level)).state_dict()

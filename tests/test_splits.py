@@ -171,3 +171,15 @@ def test_the_resource_is_what_the_rule_writes_for_the_real_data(real, tmp_path):
     assert splits.main([real.path, str(out)]) == 0
     assert out.read_text() == splits.WORK_SPLIT_RESOURCE.read_text()
     assert splits.main([]) == 2
+
+
+def test_the_split_command_reports_a_file_it_cannot_use_in_one_line(tmp_path, capsys):
+    arrays = synthetic.dataset_arrays(n_segments=32, seed=0)
+    del arrays["composition_split"]
+    path = tmp_path / "no_composition.npz"
+    np.savez(path, **arrays)
+    assert splits.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m percepiano.splits: error: ") and str(path) in err and "\n" not in err
+    assert splits.main([str(tmp_path / "absent.npz")]) == 2
+    assert "absent.npz" in capsys.readouterr().err
