@@ -393,6 +393,16 @@ def gate(
 ) -> GateResult:
     """Gate the round ``results`` (run directory, results.json, seeds directory or results dict) against the
     targets or a previous round (``against``: a path or a loaded :class:`Round`); see the module doc."""
+    for option, value, ok, expected in (
+        ("--tolerance", tolerance, tolerance is None or tolerance >= 0, "a number >= 0"),
+        ("--training-sd", training_sd, training_sd is None or training_sd >= 0, "a number >= 0"),
+        ("--level", level, 0 < level < 1, "a number between 0 and 1"),
+        ("--resamples", resamples, isinstance(resamples, int) and resamples >= 1, "an integer >= 1"),
+    ):
+        if not ok:  # checked here, whatever the mode: some are read only when predictions were saved
+            raise ValueError(f"{option}: expected {expected}, got {value!r}")
+    if against == "targets" and training_sd is not None:
+        raise ValueError("--training-sd applies to --against OLD_RUN (the seeds-needed estimate of a comparison)")
     rnd = results if isinstance(results, Round) else load_round(results)
     run = rnd.first
     name = resolve_label(run, label) if label is not None else None

@@ -381,6 +381,21 @@ def test_require_baseline_fails_the_whole_gate_in_its_json_and_first_words(tmp_p
     assert gate_json(gate(run))["passed"] is True  # informative by default
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("tolerance", -0.01, r"--tolerance: expected a number >= 0, got -0\.01"),
+    ("training_sd", -0.1, r"--training-sd: expected a number >= 0, got -0\.1"),
+    ("level", 1.5, r"--level: expected a number between 0 and 1, got 1\.5"),
+    ("resamples", 0, r"--resamples: expected an integer >= 1, got 0"),
+    ("training_sd", 0.05, r"--training-sd applies to --against OLD_RUN"),
+])
+def test_gate_options_out_of_range_or_out_of_place_are_refused(tmp_path, option, value, message):
+    """Before: a negative --tolerance silently tightened the targets gate, and --training-sd, --level and
+    --resamples went unchecked (or unused) against the targets of a run without predictions."""
+    run = write_run(tmp_path, "han", "han", "composition", [0.40] * 4)
+    with pytest.raises(ValueError, match=message):
+        gate(run, **{option: value})
+
+
 def test_a_seeds_round_finds_the_ridge_run_next_to_it(tmp_path, base):
     old = write_seeds_round(tmp_path, "round15", [base, base], [7, 8])
     write_run(tmp_path, "ridge", "ridge", "performer", [0.9] * 4)
