@@ -98,6 +98,7 @@ class Round:
     runs: list[dict]
     seeds: list[int | None]
     name: str = ""
+    notes: list[str] = field(default_factory=list)  # what loading it found, printed with the verdict
 
     @property
     def first(self) -> dict:
@@ -145,7 +146,12 @@ def load_round(path_or_results) -> Round:
     if p.is_dir() and not (p / RESULTS).is_file():
         found = _seed_folders(p)
         if found:
-            return _seeds_round(p, [s for s, _ in found], [name for _, name in found], seeds_file)
+            rnd = _seeds_round(p, [s for s, _ in found], [name for _, name in found], seeds_file)
+            unfinished = sorted(d.name for d in p.glob("seed*") if d.is_dir() and d.name[4:].isdigit()
+                                and not (d / RESULTS).is_file())
+            if unfinished:  # a round cell with a seed still training: gated on the finished ones, and said so
+                rnd.notes.append(f"seed folder(s) without results.json, not gated: {', '.join(unfinished)}")
+            return rnd
         cells = sorted(c.parent.parent.name for c in p.glob(f"*/seed*/{RESULTS}"))
         if cells:
             raise ValueError(f"{p}: a folder of rounds' cells ({', '.join(sorted(set(cells)))}): gate one of them, "
@@ -421,7 +427,7 @@ def gate(
 
 def _protocol_notes(rnd: Round) -> list[str]:
     run = rnd.first
-    notes = []
+    notes = list(rnd.notes)
     n_folds = len(run["folds"])
     if n_folds < N_FOLDS:
         notes.append(f"this run has {n_folds} fold(s), the original protocol {N_FOLDS}: not comparable with the paper")

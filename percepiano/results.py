@@ -386,8 +386,12 @@ def load_seeds_index(path: str | os.PathLike) -> dict:
     seeds, runs = index.get("seeds"), index.get("runs")
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"{p}: field 'seeds': expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):  # one run counted twice would shrink the seed spread to nothing
+        raise ValueError(f"{p}: field 'seeds': expected distinct seeds, got {seeds!r}")
     if not isinstance(runs, list) or len(runs) != len(seeds) or not all(isinstance(r, str) for r in runs):
         raise ValueError(f"{p}: field 'runs': expected {len(seeds)} folder names (one per seed), got {runs!r}")
+    if len(set(runs)) != len(runs):
+        raise ValueError(f"{p}: field 'runs': expected distinct folders (one per seed), got {runs!r}")
     for key in ("preset", "split"):
         if not isinstance(index.get(key), str):
             raise ValueError(f"{p}: field {key!r}: expected a string, got {index.get(key)!r}")

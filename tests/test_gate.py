@@ -396,6 +396,16 @@ def test_gate_options_out_of_range_or_out_of_place_are_refused(tmp_path, option,
         gate(run, **{option: value})
 
 
+def test_a_round_cell_with_a_seed_still_training_is_gated_on_the_finished_seeds_and_says_so(tmp_path, base):
+    cell = tmp_path / "han-performer"
+    for s in (7, 8):
+        write_pred_run(cell, f"seed{s}", base, seed=s)
+    (cell / "seed9" / "fold0").mkdir(parents=True)  # training: no results.json yet
+    r = gate(cell, cell)
+    assert r.round.seeds == [7, 8]
+    assert "seed folder(s) without results.json, not gated: seed9" in r.notes
+
+
 def test_a_seeds_round_finds_the_ridge_run_next_to_it(tmp_path, base):
     old = write_seeds_round(tmp_path, "round15", [base, base], [7, 8])
     write_run(tmp_path, "ridge", "ridge", "performer", [0.9] * 4)

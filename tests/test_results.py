@@ -153,3 +153,15 @@ def test_targets():
     assert R.target_for(own, "composition", "han", "a") == pytest.approx(0.5, abs=EXACT)
     assert R.target_tolerance(own, "composition", "han") == pytest.approx(0.01, abs=EXACT)
     assert R.target_tolerance({"composition": {"han": 0.4}}, "composition", "han") is None
+
+
+@pytest.mark.parametrize("index, message", [
+    ({"seeds": [7, 7], "runs": ["seed7", "seed7b"]}, r"field 'seeds': expected distinct seeds, got \[7, 7\]"),
+    ({"seeds": [7, 8], "runs": ["seed7", "seed7"]}, r"field 'runs': expected distinct folders"),
+])
+def test_a_seeds_index_that_counts_a_run_twice_is_refused(tmp_path, index, message):
+    """The same run twice would make the seed spread 0 and the gate's interval too narrow."""
+    path = tmp_path / "seeds.json"
+    path.write_text(json.dumps({**index, "preset": "han", "split": "performer"}))
+    with pytest.raises(ValueError, match=message):
+        R.load_seeds_index(path)
