@@ -371,8 +371,8 @@ def hierarchy_gain(han, bilstm_sa, *, targets: Mapping | None = None, check_pres
     """The paper's hierarchy gain: mean test R² of ``han`` minus that of ``bilstm_sa`` on the same split.
 
     ``han`` / ``bilstm_sa``: results.json paths, run directories or loaded dicts. Raises ``ValueError`` when the
-    splits differ (a gain across splits means nothing) or, with ``check_presets``, when the presets are not
-    ``han`` and ``bilstm_sa``.
+    splits or the folds differ (a gain across splits or folds means nothing) or, with ``check_presets``, when the
+    presets are not ``han`` and ``bilstm_sa``.
     """
     a, b = load_results(han), load_results(bilstm_sa)
     if a.get("split") != b.get("split"):
@@ -382,6 +382,10 @@ def hierarchy_gain(han, bilstm_sa, *, targets: Mapping | None = None, check_pres
             f"hierarchy gain is han minus bilstm_sa; got presets {a.get('preset')!r} and {b.get('preset')!r} "
             "(pass check_presets=False to compare other runs)"
         )
+    folds_a, folds_b = (sorted(int(f["fold"]) for f in r["folds"]) for r in (a, b))
+    if folds_a != folds_b:  # each fold has its own test set (performer, work): a gain over other folds means nothing
+        raise ValueError(f"hierarchy gain needs the same folds: the han run ({a.get('_path', '<dict>')}) covers folds "
+                         f"{folds_a}, the bilstm_sa run ({b.get('_path', '<dict>')}) {folds_b}")
     split = str(a.get("split"))
     la, lb = per_label_mean(a), per_label_mean(b)
     paper = None

@@ -192,6 +192,10 @@ def test_hierarchy_gain_is_han_minus_bilstm_sa_same_split():
         diag.hierarchy_gain(han, _results("bilstm_sa", "performer", [0.3]))
     with pytest.raises(ValueError, match="han minus bilstm_sa"):
         diag.hierarchy_gain(sa, han)
+    two = _results("bilstm_sa", "composition", [0.30, 0.31])  # a cell with 2 of its 4 folds
+    with pytest.raises(ValueError, match=r"same folds: the han run \(<dict>\) covers folds \[0, 1, 2, 3\], the "
+                                         r"bilstm_sa run \(<dict>\) \[0, 1\]"):
+        diag.hierarchy_gain(han, two)
 
 
 # ----------------------------------------------------------------------------------------------- deviations

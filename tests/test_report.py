@@ -247,3 +247,26 @@ def test_power_curve_figure(tmp_path):
     fig.savefig(path, dpi=100)
     assert_png(path)
     assert any("stated detectable drop 0.033" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_the_hierarchy_gain_of_runs_over_other_folds_is_not_computed_but_said(tmp_path):
+    """A 4-fold han cell and a 2-fold bilstm_sa cell (the round's composition cells so far): no gain row, a
+    sentence naming both runs' folds."""
+    from percepiano.document import Document
+    from percepiano.report import Run, _hierarchy_gain
+
+    def run(preset, r2):
+        res = {"preset": preset, "split": "composition", "mean_test_r2": float(np.mean(r2)),
+               "folds": [{"fold": k, "test_r2": v} for k, v in enumerate(r2)]}
+        return Run(tmp_path / preset, res, [], label=preset)
+
+    doc = Document()
+    _hierarchy_gain(doc, [run("han", [0.4] * 4), run("bilstm_sa", [0.3] * 2)], None)
+    assert not [b for b in doc.blocks if b[0] == "table"]
+    [text] = [b[1] for b in doc.blocks if b[0] == "p"]
+    assert ("composition: `han/composition (han)` covers folds [0, 1, 2, 3], `bilstm_sa/composition (bilstm_sa)` "
+            "folds [0, 1]") in text
+    doc = Document()
+    _hierarchy_gain(doc, [run("han", [0.4] * 2), run("bilstm_sa", [0.3] * 2)], None)
+    [table] = [b for b in doc.blocks if b[0] == "table"]
+    assert table[2][0][5] == "+0.100"
