@@ -273,7 +273,13 @@ def _check_same_segments(path_a, ids_a, labels_a, path_b, ids_b, labels_b, what:
 def check_comparable(new: Round, old: Round, new_folds=None, old_folds=None) -> None:
     """Same split and folds; with predictions, per fold the same test segment ids and labels."""
     if new.split != old.split:
-        raise ValueError(f"cannot compare across splits: this run is {new.split!r}, the previous round is {old.split!r}")
+        raise ValueError(f"cannot compare across splits: this run ({_where(new)}) is {new.split!r}, the previous round "
+                         f"({_where(old)}) is {old.split!r}")
+    names_new, names_old = label_names_of(new.first), label_names_of(old.first)
+    if names_new and names_old and names_new != names_old:  # the paired ΔR² subtracts label column by column
+        raise ValueError(f"{_where(new)}: field 'label_names': {len(names_new)} labels {names_new[:3]}..., but "
+                         f"{_where(old)} has {len(names_old)} {names_old[:3]}...: a paired comparison needs the same "
+                         f"labels in the same order")
     if new.fold_ids != old.fold_ids:
         raise ValueError(f"{_where(new)}: folds {new.fold_ids}, but {_where(old)} has folds {old.fold_ids}: "
                          "a paired comparison needs the same folds")

@@ -215,7 +215,7 @@ def resolve_label(results: Mapping, label: str) -> str:
     if len(hits) == 1:
         return hits[0]
     what = f"matches several labels {hits}" if hits else "matches no label"
-    raise ValueError(f"label {label!r} {what}; labels: {names}")
+    raise ValueError(f"{results.get('_path', '<results>')}: label {label!r} {what}; labels: {names}")
 
 
 def label_index(results: Mapping, label: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -166,9 +167,15 @@ def test_per_label_gate(tmp_path, base):
 def test_inputs_are_checked_before_any_verdict(tmp_path, base, capsys):
     old = write_pred_run(tmp_path, "old", base)
     # predictions missing
-    bare = write_run(tmp_path, "bare", "han", "performer", [0.3] * 4)
+    four = [f"label{j}" for j in range(4)]
+    bare = write_run(tmp_path, "bare", "han", "performer", [0.3] * 4, per_label=[[0.3] * 4] * 4, label_names=four)
     assert main(["gate", str(bare), "--against", str(old)]) == 2
     assert "no per-segment test predictions" in capsys.readouterr().err
+    # other labels: the paired difference subtracts them column by column
+    two = write_run(tmp_path, "two", "han", "performer", [0.3] * 4)
+    assert main(["gate", str(two), "--against", str(old)]) == 2
+    assert re.search(r"two: field 'label_names': 2 labels .* has 4 .*: a paired comparison needs the same labels in "
+                     r"the same order", capsys.readouterr().err)
     # the predictions are not the ones the fold was scored on
     edited = write_pred_run(tmp_path, "edited", base)
     res = json.loads((edited / "results.json").read_text())
