@@ -202,7 +202,13 @@ def _seeds_round(d: Path, seeds: list[int], names: list[str], where_index: Path,
 
 def round_names(rounds: Sequence[Round]) -> list[str]:
     """Short distinct names for tables: the directory name, with its parents where two would be equal."""
-    parts = [list(r.dir.parts) if r.dir is not None else [r.name or f"run{i}"] for i, r in enumerate(rounds)]
+    return distinct_names([list(r.dir.parts) if r.dir is not None else [r.name or f"run{i}"]
+                           for i, r in enumerate(rounds)])
+
+
+def distinct_names(parts: Sequence[Sequence[str]]) -> list[str]:
+    """The last path part of each, with as many parents as make them distinct (``a/ridge``, ``b/ridge``)."""
+    parts = [list(p) for p in parts]
     depth = 1
     while True:
         names = ["/".join(p[-depth:]) for p in parts]

@@ -31,7 +31,7 @@ from . import diagnostics as diag
 from .constants import BASELINE_PRESET, BASELINES, DEFAULT_MARGIN, N_FOLDS, PARTS, POWER, PROTOCOL_EPOCHS, SPLIT_SCHEMES
 from .document import Document, slug
 from . import gate as gates
-from .gate import fold_directory, load_round, round_names
+from .gate import distinct_names, fold_directory, load_round, round_names
 from .results import (
     fold_spread,
     label_names_of,
@@ -154,10 +154,12 @@ def find_baseline_runs(runs: Sequence[Run], dirs: Sequence[Path] | None = None) 
     """``mean``/``ridge`` runs of the same splits found next to the given runs (sibling directories; next to
     ``dirs`` instead when given: the seeds directory of a multi-seed round, not its seed folders)."""
     found = sibling_results(dirs if dirs is not None else [r.dir for r in runs], BASELINES, {r.split for r in runs})
+    # named by their folders, with parents where two rounds' folders each hold a `ridge/` (else one name, one plot)
+    names = distinct_names([Path(res["_path"]).resolve().parent.parts for res in found]) if found else []
     baselines = []
-    for res in found:
+    for res, name in zip(found, names):
         try:
-            baselines.append(load_run(res["_path"]))
+            baselines.append(load_run(res["_path"], name))
         except (OSError, ValueError) as exc:  # a broken sibling is not the report's run: say so and go on
             warnings.warn(f"baseline run next to the report's runs skipped: {exc}", stacklevel=2)
     return baselines

@@ -270,3 +270,15 @@ def test_the_hierarchy_gain_of_runs_over_other_folds_is_not_computed_but_said(tm
     _hierarchy_gain(doc, [run("han", [0.4] * 2), run("bilstm_sa", [0.3] * 2)], None)
     [table] = [b for b in doc.blocks if b[0] == "table"]
     assert table[2][0][5] == "+0.100"
+
+
+def test_baselines_next_to_two_rounds_get_distinct_names(tmp_path):
+    """Two rounds' folders, each with its own ridge/ and mean/: four baseline runs, four names (one name each
+    for two runs had the second overwrite the first's scatter plot and table row)."""
+    for where in ("a", "b"):
+        shutil.copytree(TINY, tmp_path / where)
+    _, runs = rep.load_runs([tmp_path / "a" / "han", tmp_path / "b" / "han"])
+    baselines = rep.find_baseline_runs([r for rs in runs for r in rs])
+    names = [b.name for b in baselines]
+    assert len(names) == len(set(names)) == 4, names
+    assert {"ridge/composition (a/ridge)", "ridge/composition (b/ridge)"} <= set(names)
