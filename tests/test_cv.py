@@ -256,7 +256,7 @@ def test_seeds_and_single_runs_do_not_mix(cv, tmp_path):
     (["--folds", "a,b"], "bilstm", "--folds: expected distinct comma-separated integers from 0-3, got 'a,b'"),
     (["--folds", "0,0"], "bilstm", "--folds: expected distinct comma-separated integers from 0-3, got '0,0'"),
     (["--folds", "4"], "bilstm", "--folds: expected distinct comma-separated integers from 0-3, got '4'"),
-    (["--seeds", "7,x"], "bilstm", "--seeds: expected distinct comma-separated integers, got '7,x'"),
+    (["--seeds", "7,x"], "bilstm", "--seeds: expected distinct comma-separated integers from 0-4294967295, got '7,x'"),
     (["--seeds", "7,8", "--seed", "7"], "bilstm", "--seed and --seeds: give one of them"),
     (["--allow-code-change"], "bilstm", "--allow-code-change only applies with --resume"),
     (["--reuse-without-checkpoint"], "bilstm", "--reuse-without-checkpoint only applies with --resume"),

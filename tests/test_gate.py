@@ -51,7 +51,7 @@ def write_run(root: Path, name: str, preset: str, split: str, fold_r2, per_label
 
 
 def write_pred_run(root: Path, name: str, folds, seed: int = 7, preset: str = "han", split: str = "performer",
-                   train: dict | None = None, seeds_index: bool = False) -> Path:
+                   train: dict | None = None, seeds_index: bool = False, label_names=None) -> Path:
     """A run directory as `percepiano cv` writes it: fold{k}/test_predictions.npz (float32) and a results.json
     whose test R² are those of the saved predictions. ``folds``: paired.FoldPredictions (one seed each)."""
     d = root / name
@@ -63,7 +63,7 @@ def write_pred_run(root: Path, name: str, folds, seed: int = 7, preset: str = "h
         np.savez(fd / "test_predictions.npz", segment_ids=np.asarray(f.segment_ids), predictions=pred, labels=lab,
                  logits=pred)
         rows.append({"fold": k, "dir": f"fold{k}", "test_r2": r2(lab, pred), "per_label_test_r2": r2_per_label(lab, pred).tolist()})
-    names = [f"label{j}" for j in range(folds[0].labels.shape[1])]
+    names = list(label_names) if label_names is not None else [f"label{j}" for j in range(folds[0].labels.shape[1])]
     res = {"preset": preset, "kind": "neural", "split": split, "mean_test_r2": float(np.mean([r["test_r2"] for r in rows])),
            "folds": rows, "label_names": names, "epochs": 100, "seed": seed, "feature_set": "full",
            "config": {"model": {"level": "measure"}, "model_overrides": {}, "train": {**TRAIN, **(train or {}), "seed": seed}}}
@@ -447,7 +447,9 @@ def test_known_effects_on_the_real_ridge_predictions(tmp_path):
     assert main(["cv", "--preset", "ridge", "--split", "performer", "--out", str(tmp_path / "ridge")]) == 0
     ridge = load_folds(tmp_path / "ridge")
     assert gate(tmp_path / "ridge", tmp_path / "ridge").verdict == "not worse"
-    noisy = write_pred_run(tmp_path, "noisy", P.noise_added(ridge, 0.3, np.random.default_rng(0)), preset="ridge")
+    names = json.loads((tmp_path / "ridge" / "results.json").read_text())["label_names"]
+    noisy = write_pred_run(tmp_path, "noisy", P.noise_added(ridge, 0.3, np.random.default_rng(0)), preset="ridge",
+                           label_names=names)
     r = gate(noisy, tmp_path / "ridge")
     assert r.verdict == "worse" and r.comparison.overall.value == pytest.approx(-0.09, abs=0.02)
     assert r.comparison.clusters == (98,) and r.comparison.n_segments == 190
