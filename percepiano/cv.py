@@ -140,9 +140,7 @@ def run_cv(
             if not is_baseline and not (fdir / BEST).is_file():
                 without_checkpoint.append(fold)
             log(f"already finished, reused: {fold_summary_line(saved)}")
-            if keep != KEEP_ALL and (fdir / LAST).is_file():
-                (fdir / LAST).unlink()  # what --keep asks of every finished fold
-                log(f"fold {fold}: removed {LAST} (--keep {keep})")
+            apply_keep(fdir, keep, lambda msg: log(f"fold {fold}: {msg}"))
             if change is not None:
                 code_changes.append({"fold": fold, "how": "reused", **change})
         else:
@@ -349,6 +347,13 @@ def fold_state(fdir: Path, identity: dict, is_baseline: bool, allow_code_change:
     return "new", None, None
 
 
+def apply_keep(fdir: Path, keep: str, log: Callable[[str], None]) -> None:
+    """What ``--keep`` asks of a finished fold that is reused: ``best`` removes its ``last.pt``."""
+    if keep != KEEP_ALL and (fdir / LAST).is_file():
+        (fdir / LAST).unlink()
+        log(f"removed {LAST} (--keep {keep})")
+
+
 # What a fold that was still training leaves in a restored round folder (`round --export` or `--mirror-to`
 # copies log.jsonl; its checkpoint stays behind): a new start sets them aside (set_aside_lost_logs).
 LOGS_OF_A_RUN = (LOG, STEPS)
@@ -359,8 +364,9 @@ def set_aside_lost_logs(fdir: Path, log: Callable[[str], None]) -> list[Path]:
     "new" with ``without_checkpoint``) to ``lost-<UTC time>-<name>``, so that the fold can start again from
     epoch 0 and nothing is lost: the round and cv commands read, export and check only the fold's own files.
     Returns the new paths."""
-    if existing_run_files(fdir) and not set(existing_run_files(fdir)) <= set(LOGS_OF_A_RUN):
-        raise ValueError(f"{fdir}: holds {', '.join(existing_run_files(fdir))}: not only the logs of a lost run")
+    files = existing_run_files(fdir)
+    if not set(files) <= set(LOGS_OF_A_RUN):
+        raise ValueError(f"{fdir}: holds {', '.join(files)}: not only the logs of a lost run")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     moved = []
     for name in LOGS_OF_A_RUN:

@@ -68,6 +68,7 @@ from .results import (
     label_names_of,
     load_predictions,
     load_results,
+    seed_of_dir,
     load_seeds_index,
     load_targets,
     metric_value,
@@ -147,7 +148,7 @@ def load_round(path_or_results) -> Round:
         found = _seed_folders(p)
         if found:
             rnd = _seeds_round(p, [s for s, _ in found], [name for _, name in found], seeds_file)
-            unfinished = sorted(d.name for d in p.glob("seed*") if d.is_dir() and d.name[4:].isdigit()
+            unfinished = sorted(d.name for d in p.glob("seed*") if d.is_dir() and seed_of_dir(d.name) is not None
                                 and not (d / RESULTS).is_file())
             if unfinished:  # a round cell with a seed still training: gated on the finished ones, and said so
                 rnd.notes.append(f"seed folder(s) without results.json, not gated: {', '.join(unfinished)}")
@@ -165,9 +166,9 @@ def _seed_folders(d: Path) -> list[tuple[int, str]]:
     """(seed, folder name) of the ``seed{S}/`` run directories in ``d``, by seed."""
     found = []
     for cand in d.glob(f"seed*/{RESULTS}"):
-        digits = cand.parent.name[len("seed"):]
-        if digits.isdigit():
-            found.append((int(digits), cand.parent.name))
+        seed = seed_of_dir(cand.parent.name)
+        if seed is not None:
+            found.append((seed, cand.parent.name))
     return sorted(found)
 
 

@@ -30,6 +30,12 @@ def fold_dir(fold: int) -> str:
     return f"fold{int(fold)}"
 
 
+def seed_of_dir(name: str) -> int | None:
+    """The seed of a ``seed{S}`` folder (``cv --seeds``, a round's cell); None for any other name (``seed7_old``)."""
+    digits = name[len("seed"):] if name.startswith("seed") else ""
+    return int(digits) if digits.isdigit() else None
+
+
 # How far results.json's mean_test_r2 may be from the mean of its folds' test_r2 (float rounding only: cv
 # writes float(np.mean(...)) of the same numbers).
 MEAN_TOLERANCE = 1e-9

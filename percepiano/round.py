@@ -53,7 +53,7 @@ from .constants import (
     ROUND_MAX_RETRIES,
     SPLIT_SCHEMES,
 )
-from .cv import check_run_dir, fold_state, run_cv, set_aside_lost_logs
+from .cv import apply_keep, check_run_dir, fold_state, run_cv, set_aside_lost_logs
 from .data import load_dataset
 from .provenance import code_version, data_sha256, fold_identity, run_identity
 from .results import RESULTS, fold_dir, load_results, read_json_object
@@ -426,13 +426,10 @@ def run_round(
         f"{n_fold_tasks} to train, {len(pending)} results.json to write")
     request = _request(spec, command)
     invocation = {"started": now(), "request": request, "address": address, "tasks": [], "failed": []}
-    if spec.keep != KEEP_ALL:  # what --keep asks of every finished fold, those of finished cells too
-        for plan in plans:
-            for fold in plan.reuse:
-                last = root / plan.cell.fold_path(fold) / LAST
-                if last.is_file():
-                    last.unlink()
-                    log(f"{plan.cell.path} fold {fold}: removed {LAST} (--keep {spec.keep})")
+    for plan in plans:  # what --keep asks of every finished fold, those of finished cells too
+        for fold in plan.reuse:
+            where = f"{plan.cell.path} fold {fold}"
+            apply_keep(root / plan.cell.fold_path(fold), spec.keep, lambda msg: log(f"{where}: {msg}"))
     if mirror_root is not None:  # the folds finished before: the mirror holds every fold's checkpoints
         for plan in plans:
             for fold in plan.reuse:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .checkpoints import atomic_write_text
 from .constants import BASELINES, N_FOLDS, PROTOCOL_EPOCHS
-from .results import RESULTS, fold_dir, load_log, load_results, read_json_object
+from .results import RESULTS, fold_dir, load_log, load_results, read_json_object, seed_of_dir
 from .training import FOLD_RESULT, LOG
 
 ROUND_JSON = "round.json"
@@ -49,8 +49,7 @@ def find_cells(root: str | os.PathLike) -> list[tuple[str, dict]]:
     root = Path(root)
     found = []
     for path in sorted(root.glob(f"*-*/seed*/{RESULTS}")):
-        digits = path.parent.name[len("seed"):]
-        if not digits.isdigit():
+        if seed_of_dir(path.parent.name) is None:
             continue  # not a cell's folder (cell_path): e.g. a copy a user set aside as seed7_old
         res = load_results(path)
         want = cell_path(res["preset"], res["split"], int(res["seed"]))
@@ -184,8 +183,8 @@ def round_status(root: str | os.PathLike, request: Mapping | None = None) -> lis
     found = set()
     for seed_dir in root.glob("*-*/seed*"):
         preset, _, split = seed_dir.parent.name.partition("-")
-        if seed_dir.is_dir() and seed_dir.name[4:].isdigit():
-            found.add((preset, split, int(seed_dir.name[4:])))
+        if seed_dir.is_dir() and seed_of_dir(seed_dir.name) is not None:
+            found.add((preset, split, seed_of_dir(seed_dir.name)))
     folds = [int(f) for f in (request or {}).get("folds", range(N_FOLDS))]
     epochs = ((request or {}).get("train_config") or {}).get("epochs", PROTOCOL_EPOCHS)
     rows = []
