@@ -2,7 +2,8 @@
 
 A run's **identity** decides whether a saved fold or checkpoint may be reused (``cv --resume``) or continued
 (``train --resume``): the preset, the full model and training configs (the seed among them), the split, the
-fold, the feature set, the code (package version and git commit) and the dataset (its sha256). It is built by
+fold, the feature set, the code (package version, git commit and the sha256 of the package's source files,
+which sees uncommitted edits) and the dataset (its sha256). It is built by
 :func:`run_identity` / :func:`fold_identity` and compared by :func:`check_identity`, here and nowhere else;
 ``last.pt``, ``best.pt``, ``fold_result.json`` and ``results.json`` store it.
 
@@ -40,10 +41,38 @@ def _git(*args: str) -> str | None:
         return None
 
 
+# what the package's source is: its modules and the data files it reads (norm stats, resources)
+SOURCE_SUFFIXES = (".py", ".json")
+
+
+def tree_sha256(root: str | os.PathLike, suffixes: tuple[str, ...] = SOURCE_SUFFIXES) -> str:
+    """sha256 over every file under ``root`` whose name ends in one of ``suffixes`` (``__pycache__`` left
+    out): each file's path relative to ``root``, its size and its bytes, in sorted path order. The same files
+    give the same hash wherever the tree lies and however it was installed."""
+    root = Path(root)
+    h = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.suffix in suffixes and p.is_file() and "__pycache__" not in p.parts)
+    for p in files:
+        data = p.read_bytes()
+        h.update(f"{p.relative_to(root).as_posix()}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def source_sha256() -> str:
+    """:func:`tree_sha256` of this package's folder, once per process (the code a process runs is the code it
+    imported): unlike the git commit it sees uncommitted edits, and an install without git."""
+    return tree_sha256(Path(__file__).resolve().parent)
+
+
 def code_version() -> dict:
-    """``{"version": percepiano.__version__, "commit": the git commit or None}``."""
+    """``{"version": percepiano.__version__, "commit": the git commit or None, "source_sha256":
+    source_sha256()}``. The commit says where the code came from; the source hash what it is: a resume after
+    an uncommitted edit of the package is a resume under another code version."""
     commit = _git("rev-parse", "HEAD")
-    return {"version": __version__, "commit": (commit.strip() or None) if commit is not None else None}
+    return {"version": __version__, "commit": (commit.strip() or None) if commit is not None else None,
+            "source_sha256": source_sha256()}
 
 
 # --------------------------------------------------------------------------------------------- data

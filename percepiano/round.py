@@ -198,8 +198,8 @@ def _worker_dataset(job: Mapping):
     data = _cached_dataset(job["data_path"], st.st_size, st.st_mtime_ns)
     here = f"node {socket.gethostname()} (pid {os.getpid()})"
     if code_version() != job["code"]:
-        raise ValueError(f"{here} runs percepiano {code_version()}, the round's driver {job['code']}: install the "
-                         f"same checkout on every node")
+        raise ValueError(f"{here} runs percepiano {code_version()}, the round's driver {job['code']}: every node "
+                         f"must run the same source (version, commit and source sha256)")
     if data_sha256(data) != job["data_sha256"]:
         raise ValueError(f"{here}: {job['data_path']} has sha256 {data_sha256(data)}, the driver's "
                          f"{job['data_sha256']}: every node must read the same dataset file")

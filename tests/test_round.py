@@ -164,6 +164,19 @@ def test_a_fold_of_another_code_version_is_refused(finished_round, tmp_path):
         plan_round(spec(), load_dataset(DATA), copy)
 
 
+def test_a_worker_running_other_source_is_refused(monkeypatch):
+    """A task checks that its node runs the driver's code: an edited copy of the package (same version and
+    commit, other source sha256) is refused, naming the node."""
+    from percepiano import provenance
+    from percepiano.round import _worker_dataset
+
+    job = {"data_path": str(DATA), "code": provenance.code_version(), "data_sha256": provenance.file_sha256(DATA)}
+    assert len(_worker_dataset(job)) == len(load_dataset(DATA))
+    monkeypatch.setattr(provenance, "source_sha256", lambda: "0" * 64)
+    with pytest.raises(ValueError, match=rf"node {socket.gethostname()} \(pid {os.getpid()}\) runs .*'0{{64}}'.*same source"):
+        _worker_dataset(job)
+
+
 def test_a_lone_best_pt_of_the_fold_is_planned_as_new_and_removed_when_it_starts(finished_round, tmp_path):
     """A fold holding only its own best.pt (an older percepiano stopped between the checkpoint writes of epoch
     1) is trained again: the plan says so, and the task's start removes it; another run's lone best.pt is

@@ -378,6 +378,51 @@ def test_resume_under_another_code_version_needs_allow_code_change(ds, tmp_path,
     assert json.loads((tmp_path / "fold_result.json").read_text())["code_changes"] == change
 
 
+def test_resume_after_an_edit_of_the_source_needs_allow_code_change(ds, tmp_path, monkeypatch):
+    """Same version and commit, other source bytes (an uncommitted edit, or an install without git): another
+    code version, refused without --allow-code-change."""
+    from percepiano import provenance
+
+    _run(ds, tmp_path, tcfg=SMALL.replace(epochs=1))
+    saved = provenance.source_sha256()
+    monkeypatch.setattr(provenance, "source_sha256", lambda: "f" * 64)
+    with pytest.raises(ValueError, match=rf"code\.source_sha256: saved '{saved}', requested 'f{{64}}'(.|\n)*--allow-code-change"):
+        _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True)
+    res = _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True, allow_code_change=True)
+    assert res["code_changes"][0]["saved"]["source_sha256"] == saved
+    assert res["identity"]["code"]["source_sha256"] == "f" * 64
+
+
+def test_tree_sha256_sees_an_edit_a_rename_and_not_the_location(tmp_path):
+    """The source hash of the package: one changed byte or a renamed module is other code; the same files in
+    another folder (a worktree, site-packages) are the same code; caches and other files are not code."""
+    from pathlib import Path
+
+    import percepiano
+    from percepiano import provenance
+
+    package = Path(percepiano.__file__).resolve().parent
+    assert provenance.source_sha256() == provenance.tree_sha256(package)
+    a, b = tmp_path / "a" / "pkg", tmp_path / "b" / "pkg"
+    for root in (a, b):
+        (root / "sub" / "__pycache__").mkdir(parents=True)
+        (root / "mod.py").write_text("x = 1\n")
+        (root / "sub" / "stats.json").write_text('{"mean": 0.5}')
+    (b / "sub" / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\0\1")
+    (b / "notes.txt").write_text("not code")
+    assert provenance.tree_sha256(a) == provenance.tree_sha256(b)
+    before = provenance.tree_sha256(a)
+    (a / "mod.py").write_text("x = 2\n")
+    assert provenance.tree_sha256(a) != before
+    (a / "mod.py").write_text("x = 1\n")
+    assert provenance.tree_sha256(a) == before
+    (a / "mod.py").rename(a / "other.py")
+    assert provenance.tree_sha256(a) != before
+    (a / "other.py").rename(a / "mod.py")
+    (a / "sub" / "stats.json").write_text('{"mean": 0.25}')
+    assert provenance.tree_sha256(a) != before
+
+
 def test_keep_best_deletes_only_last_pt(ds, tmp_path):
     res = _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), keep="best")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "fold_result.json", "log.jsonl", "test_predictions.npz"]
