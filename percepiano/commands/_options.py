@@ -55,8 +55,8 @@ def add_reuse_options(p: argparse.ArgumentParser) -> None:
     from ..training import KEEP_ALL, KEEP_CHOICES
 
     p.add_argument("--allow-code-change", action="store_true",
-                   help="continue or reuse a run written by another percepiano version or git commit (recorded in "
-                        "the run; with --resume for train and cv)")
+                   help="continue or reuse a run written by other percepiano code: another version, git commit or "
+                        "edited source (recorded in the run; with --resume for train and cv)")
     p.add_argument("--keep", choices=KEEP_CHOICES, default=KEEP_ALL,
                    help="what a finished fold keeps: all (best.pt and last.pt, the default) or best (last.pt, "
                         "3x the size of best.pt, is deleted; the fold is still reused by --resume)")
