@@ -7,9 +7,12 @@ fresh clone without the dataset takes.
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +66,32 @@ def test_readme_python_block_runs(line, source, fresh_clone, monkeypatch):
     monkeypatch.delenv("PERCEPIANO_DATA", raising=False)
     code = compile(source, f"README.md (```python block at line {line})", "exec")
     exec(code, {"__name__": "__readme__"})  # noqa: S102 - the README's own code, the point of the test
+
+
+def _collect_a_notebook(pythonpath: Path) -> subprocess.CompletedProcess:
+    """``pytest --collect-only`` of one notebook, with ``pythonpath`` first on the path of every interpreter
+    started (the notebooks' kernels among them)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pythonpath), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", "--nbval-lax",
+         "notebooks/01_quickstart.ipynb"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_notebooks_refuse_a_kernel_that_imports_another_percepiano(tmp_path):
+    """The notebooks run in kernels that import the installed percepiano, not the checkout pytest sees. A
+    foreign or stale install stops the run before any cell, naming where it is; an installed copy of this
+    checkout (tox installs a wheel) runs."""
+    foreign = tmp_path / "foreign"
+    (foreign / "percepiano").mkdir(parents=True)
+    (foreign / "percepiano" / "__init__.py").write_text("__version__ = '0.0.0'\n")
+    done = _collect_a_notebook(foreign)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert f"imports percepiano from {(foreign / 'percepiano').resolve()}, whose source differs" in done.stderr
+    assert "Run `pip install -e .`" in done.stderr
+
+    wheel = tmp_path / "wheel"  # the package as a wheel installs it: the same files, so the same source sha256
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", str(wheel), str(ROOT)], check=True, capture_output=True, timeout=600)
+    done = _collect_a_notebook(wheel)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Cell 0" in done.stdout and "tests collected" in done.stdout
