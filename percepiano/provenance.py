@@ -230,7 +230,8 @@ def check_identity(
     ``saved`` matches ``requested`` in every field; the message lists each one as "field: saved X, requested
     Y". ``epochs_may_grow``: a resume may train to more epochs than planned. ``allow_code_change``: the code
     (version, commit, source sha256) may differ; the change is returned (``{"saved": code, "requested":
-    code}``) for the run to record. Without a saved identity (a run from before identities were recorded) it refuses too."""
+    code}``) for the run to record. Without a saved identity (a run from before identities were recorded) it
+    refuses too."""
     if not isinstance(saved, Mapping):
         raise ValueError(
             f"{where}: written without a run identity (by an older percepiano, before runs recorded their preset, "

@@ -183,8 +183,9 @@ def round_status(root: str | os.PathLike, request: Mapping | None = None) -> lis
     found = set()
     for seed_dir in root.glob("*-*/seed*"):
         preset, _, split = seed_dir.parent.name.partition("-")
-        if seed_dir.is_dir() and seed_of_dir(seed_dir.name) is not None:
-            found.add((preset, split, seed_of_dir(seed_dir.name)))
+        seed = seed_of_dir(seed_dir.name)
+        if seed_dir.is_dir() and seed is not None:
+            found.add((preset, split, seed))
     folds = [int(f) for f in (request or {}).get("folds", range(N_FOLDS))]
     epochs = ((request or {}).get("train_config") or {}).get("epochs", PROTOCOL_EPOCHS)
     rows = []
