@@ -205,7 +205,7 @@ def run_cv(
         "protocol": "original" if (not is_baseline and tcfg.is_original() and not model_overrides
                                    and len(fold_results) == N_FOLDS) else "modified",
         "identity": identity,
-        "code_changes": code_changes,  # folds reused or continued under another code version (--allow-code-change)
+        "code_changes": code_changes,  # folds reused or continued under another commit or (--allow-code-change) code
         "folds_without_checkpoint": sorted(without_checkpoint),  # reused from fold_result.json alone (no best.pt)
         "command": command,
         "threads": threads,  # torch.get_num_threads() of the process that ran the folds (or started the workers)

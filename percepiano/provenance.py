@@ -68,11 +68,18 @@ def source_sha256() -> str:
 
 def code_version() -> dict:
     """``{"version": percepiano.__version__, "commit": the git commit or None, "source_sha256":
-    source_sha256()}``. The commit says where the code came from; the source hash what it is: a resume after
-    an uncommitted edit of the package is a resume under another code version."""
+    source_sha256()}``. The commit says where the code came from; the version and source hash what it is
+    (:func:`same_code`): a resume after an uncommitted edit of the package is a resume under another code
+    version, one after a commit that left ``percepiano/`` alone is not."""
     commit = _git("rev-parse", "HEAD")
     return {"version": __version__, "commit": (commit.strip() or None) if commit is not None else None,
             "source_sha256": source_sha256()}
+
+
+def same_code(a: Mapping, b: Mapping) -> bool:
+    """Whether two :func:`code_version` records are the same code: equal version and source sha256 (the
+    commit is not compared)."""
+    return all(a.get(k) == b.get(k) for k in ("version", "source_sha256"))
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -179,8 +186,10 @@ def fold_identity(run: Mapping, fold: int) -> dict:
     return {**out, "fold": int(fold), **{k: run[k] for k in ("feature_set", "code", "data")}}
 
 
-# The data file's name is recorded but not compared: the same bytes under another name are the same data.
-_NOT_COMPARED = {"data.file"}
+# Recorded but not compared: the data file's name (the same bytes under another name are the same data) and
+# the git commit (where the code came from; its version and source sha256 say what it is, so a commit that
+# changes only docs or tests, or a copy of the package without git, runs the same code).
+_NOT_COMPARED = {"data.file", "code.commit"}
 _CODE = "code"
 _EPOCHS = "train_config.epochs"
 
@@ -229,9 +238,10 @@ def check_identity(
     """Refuse (``ValueError``) to ``action`` (e.g. "resume it") the run saved at ``where`` unless its identity
     ``saved`` matches ``requested`` in every field; the message lists each one as "field: saved X, requested
     Y". ``epochs_may_grow``: a resume may train to more epochs than planned. ``allow_code_change``: the code
-    (version, commit, source sha256) may differ; the change is returned (``{"saved": code, "requested":
-    code}``) for the run to record. Without a saved identity (a run from before identities were recorded) it
-    refuses too."""
+    (version, source sha256) may differ. Whenever the code record differs, be it in the commit alone (always
+    allowed: the same code) or with the flag, the change is returned (``{"saved": code, "requested": code}``)
+    for the run to record; None when it is the same. Without a saved identity (a run from before identities
+    were recorded) it refuses too."""
     if not isinstance(saved, Mapping):
         raise ValueError(
             f"{where}: written without a run identity (by an older percepiano, before runs recorded their preset, "
@@ -255,6 +265,6 @@ def check_identity(
         if code and not allow_code_change:
             hint += "; pass --allow-code-change to continue it under the current code (recorded in the run)"
         raise ValueError(f"{where}: cannot {action}: it was written by a different run:{lines}\n{hint}")
-    if code:
+    if saved.get(_CODE) != requested.get(_CODE):
         return {"saved": dict(saved.get(_CODE) or {}), "requested": dict(requested.get(_CODE) or {})}
     return None

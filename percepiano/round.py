@@ -55,7 +55,7 @@ from .constants import (
 )
 from .cv import apply_keep, check_run_dir, fold_state, run_cv, set_aside_lost_logs
 from .data import load_dataset
-from .provenance import code_version, data_sha256, fold_identity, run_identity
+from .provenance import code_version, data_sha256, fold_identity, identity_differences, run_identity, same_code
 from .results import RESULTS, fold_dir, load_results, read_json_object
 from .round_results import ROUND_JSON, cell_path, export_results, load_history, now, write_round_json
 from .training import (
@@ -197,9 +197,9 @@ def _worker_dataset(job: Mapping):
     st = Path(job["data_path"]).stat()
     data = _cached_dataset(job["data_path"], st.st_size, st.st_mtime_ns)
     here = f"node {socket.gethostname()} (pid {os.getpid()})"
-    if code_version() != job["code"]:
+    if not same_code(code_version(), job["code"]):
         raise ValueError(f"{here} runs percepiano {code_version()}, the round's driver {job['code']}: every node "
-                         f"must run the same source (version, commit and source sha256)")
+                         f"must run the same source (version and source sha256)")
     if data_sha256(data) != job["data_sha256"]:
         raise ValueError(f"{here}: {job['data_path']} has sha256 {data_sha256(data)}, the driver's "
                          f"{job['data_sha256']}: every node must read the same dataset file")
@@ -230,7 +230,10 @@ def _fold_start(fdir: Path, identity: dict, allow_code_change: bool, without_che
 
 
 def _lone_best(fdir: Path, identity: dict) -> bool:
-    return existing_run_files(fdir) == [BEST] and load_checkpoint(fdir / BEST).get("identity") == identity
+    if existing_run_files(fdir) != [BEST]:
+        return False
+    saved = load_checkpoint(fdir / BEST).get("identity")
+    return isinstance(saved, Mapping) and not identity_differences(saved, identity)  # the commit may have moved
 
 
 def _start_state(fdir: Path, identity: dict, allow_code_change: bool, without_checkpoint: bool,

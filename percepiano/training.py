@@ -498,7 +498,7 @@ def train_fold(
         code_changes = list(ck.get("code_changes") or [])
         if change is not None:
             code_changes.append({"after_epoch": int(ck["epoch"]), **change})
-            log(f"resuming {out} under another code version (--allow-code-change): {change}")
+            log(f"resuming {out} under another code record (recorded in code_changes): {change}")
         model.load_state_dict(ck["model_state"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])

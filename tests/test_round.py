@@ -177,6 +177,17 @@ def test_a_worker_running_other_source_is_refused(monkeypatch):
         _worker_dataset(job)
 
 
+def test_a_worker_on_another_commit_of_the_same_source_runs_the_task():
+    """A node whose checkout sits at another commit (or has no git) but holds the same package source runs the
+    driver's code: its task is accepted."""
+    from percepiano import provenance
+    from percepiano.round import _worker_dataset
+
+    job = {"data_path": str(DATA), "code": {**provenance.code_version(), "commit": None},
+           "data_sha256": provenance.file_sha256(DATA)}
+    assert len(_worker_dataset(job)) == len(load_dataset(DATA))
+
+
 def test_a_lone_best_pt_of_the_fold_is_planned_as_new_and_removed_when_it_starts(finished_round, tmp_path):
     """A fold holding only its own best.pt (an older percepiano stopped between the checkpoint writes of epoch
     1) is trained again: the plan says so, and the task's start removes it; another run's lone best.pt is

@@ -360,14 +360,29 @@ def test_resume_refuses_a_checkpoint_without_identity(ds, tmp_path):
         _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True)
 
 
+def test_resume_after_a_commit_that_left_the_package_alone_is_allowed_and_recorded(ds, tmp_path, monkeypatch):
+    """Another commit, same version and source sha256 (a docs-only commit, a copy without git): the same code,
+    so the resume needs no flag, and the move is recorded in code_changes, nothing lost."""
+    from percepiano import provenance
+
+    _run(ds, tmp_path, tcfg=SMALL.replace(epochs=1))
+    old = provenance.code_version()
+    new = {**old, "commit": "0" * 40}
+    monkeypatch.setattr(provenance, "code_version", lambda: dict(new))
+    res = _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True)
+    change = [{"after_epoch": 1, "saved": old, "requested": new}]
+    assert res["code_changes"] == change and res["identity"]["code"] == new
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["code_changes"] == change
+
+
 def test_resume_under_another_code_version_needs_allow_code_change(ds, tmp_path, monkeypatch):
     from percepiano import provenance
 
     _run(ds, tmp_path, tcfg=SMALL.replace(epochs=1))
     old = provenance.code_version()
-    new = {"version": old["version"], "commit": "0" * 40}
+    new = {**old, "version": "9.9.9", "commit": "0" * 40}
     monkeypatch.setattr(provenance, "code_version", lambda: dict(new))
-    with pytest.raises(ValueError, match=r"code\.commit: saved .*, requested '0{40}'(.|\n)*--allow-code-change"):
+    with pytest.raises(ValueError, match=r"code\.version: saved .*, requested '9\.9\.9'(.|\n)*--allow-code-change"):
         _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True)
     res = _run(ds, tmp_path, tcfg=SMALL.replace(epochs=2), resume=True, allow_code_change=True)
     change = [{"after_epoch": 1, "saved": old, "requested": new}]
