@@ -342,7 +342,7 @@ class Planning:
     """How far the current seeds and segments see, and how many seeds a conclusive verdict needs."""
 
     mde: float  # minimum detectable effect with the interval's SE (seeds resampled where there are several)
-    seed_var_sum: float | None  # var_new + var_old of one seed's mean R² (the training noise), None if unknown
+    seed_var_sum: float | None  # training noise: variance of one seed's ΔR² (var_new + var_old, less 2 cov with paired seeds), None if unknown
     seed_var_from: str  # how seed_var_sum was obtained
     mde_with_training: float | None  # the MDE at the current seeds, training noise included
     seeds_needed: int | None  # seeds per round for MDE <= margin; None: not reachable (see why)
@@ -545,8 +545,9 @@ def _deterministic(rnd: Round) -> bool:
 def plan(cmp: paired.PairedComparison, margin: float, training_sd: float | None = None,
          deterministic: bool = False) -> Planning:
     """The minimum detectable effect at the rounds' seeds and segments and the seeds per round a conclusive
-    verdict needs. The training noise (``var_new + var_old`` of one seed's mean R²) is measured from the seeds
-    where a round has several; else from ``training_sd`` (the standard deviation of one fold model's test R²
+    verdict needs. The training noise (the variance of one seed's ΔR²: ``var_new + var_old`` of one seed's mean
+    R², less twice their covariance with paired seeds) is measured from the seeds where a round has several (with
+    paired seeds as the variance of the per-seed ΔR²); else from ``training_sd`` (the standard deviation of one fold model's test R²
     across seeds: var = 2 sd² / folds); else from the spread of the per-fold ΔR² (each fold trains both rounds
     anew, so var_k(ΔR²_k) ≈ 2 sd², ddof 1). ``deterministic``: both rounds are baselines (no training noise)."""
     level, k = cmp.level, cmp.n_folds
@@ -555,6 +556,10 @@ def plan(cmp: paired.PairedComparison, margin: float, training_sd: float | None 
         var_sum, source = 0.0, "none: both rounds are deterministic baselines"
     elif training_sd is not None:
         var_sum, source = 2 * float(training_sd) ** 2 / k, f"--training-sd {training_sd:g} (one fold model's test R² sd across seeds)"
+    elif cmp.seed_delta_var is not None:
+        var_sum = cmp.seed_delta_var
+        source = (f"measured from the {cmp.n_seeds_new} paired seeds: variance of the per-seed ΔR² "
+                  f"{cmp.seed_delta_var:.3g} (var_new + var_old = {sum(measured):.3g})")
     elif len(measured) == 2:
         var_sum, source = sum(measured), f"measured from the seeds ({cmp.n_seeds_new} and {cmp.n_seeds_old})"
     elif measured:

@@ -291,6 +291,9 @@ class PairedComparison:
     se_test: float  # SE of the overall ΔR² from the test segments alone (all seeds kept in every replicate)
     seed_var_new: float | None  # variance over seeds (ddof 1) of one seed's mean R²; None with one seed
     seed_var_old: float | None
+    # with paired seeds: variance over seeds (ddof 1) of the per-seed ΔR², var_new + var_old − 2 cov (seed i of
+    # both rounds shares initial weights and batch order, so the covariance is the point of pairing); else None
+    seed_delta_var: float | None
     n_seeds_new: int
     n_seeds_old: int
     paired_seeds: bool
@@ -344,6 +347,7 @@ def paired_comparison(new: Sequence[FoldPredictions], old: Sequence[FoldPredicti
         new_per_label=p_new.mean(axis=(0, 1)), old_per_label=p_old.mean(axis=(0, 1)),
         replicates=overall, se_test=float(np.std(d_test.mean(axis=(1, 2)))),
         seed_var_new=seed_var(p_new), seed_var_old=seed_var(p_old),
+        seed_delta_var=seed_var(p_new - p_old) if paired_seeds else None,
         n_seeds_new=new[0].n_seeds, n_seeds_old=old[0].n_seeds, paired_seeds=bool(paired_seeds), n_folds=len(new),
         n_segments=len(clusters.codes), clusters=clusters.sizes, clustering=clustering, level=level,
         resamples=int(resamples),
@@ -387,8 +391,9 @@ def detectable_drop(delta: Estimate, margin: float, power: float = POWER) -> flo
 
 
 def standard_error(se_test: float, seed_var_sum: float, n_seeds: int) -> float:
-    """SE of ΔR² with ``n_seeds`` seeds in each round: test-segment part plus the seed part
-    ``(var_new + var_old) / n_seeds`` (``seed_var_sum``: the two rounds' variances of one seed's mean R²)."""
+    """SE of ΔR² with ``n_seeds`` seeds in each round: test-segment part plus the seed part ``seed_var_sum /
+    n_seeds`` (``seed_var_sum``: the variance of one seed's ΔR², ``var_new + var_old`` of one seed's mean R² for
+    independent seeds, less twice their covariance for paired ones)."""
     return math.sqrt(se_test ** 2 + seed_var_sum / n_seeds)
 
 

@@ -234,7 +234,8 @@ def test_seeds_rounds(tmp_path, base, capsys):
     r = gate(new, old)
     c = r.comparison
     assert c.n_seeds_new == c.n_seeds_old == 3 and c.paired_seeds
-    assert c.seed_var_new is not None and "measured from the seeds" in r.planning.seed_var_from
+    assert c.seed_var_new is not None and "measured from the 3 paired seeds" in r.planning.seed_var_from
+    assert r.planning.seed_var_sum == c.seed_delta_var
     assert r.value == pytest.approx(np.mean([json.loads((new / f"seed{s}" / "results.json").read_text())["mean_test_r2"]
                                              for s in seeds]), abs=EXACT)
     assert not any("one seed" in n for n in r.notes)

@@ -172,6 +172,25 @@ def test_paired_comparison_measures_seed_variance():
     assert P.paired_comparison(synthetic_folds(), synthetic_folds(), resamples=200).seed_var_new is None
 
 
+def test_paired_seeds_measure_the_variance_of_the_per_seed_difference():
+    """Seed i of both rounds shares its model (here: the same predictions plus a small change), so the per-seed
+    ΔR² varies far less than either round's R²: the planning reads var(ΔR²_seed), not var_new + var_old."""
+    from percepiano.gate import plan
+
+    old = synthetic_folds(seeds=4, seed=5)
+    rng = np.random.default_rng(9)
+    new = with_predictions(old, lambda p, y: p + 0.002 * rng.normal(size=p.shape))
+    per_seed = lambda folds: np.array([np.mean([r2(f.labels, f.predictions[s]) for f in folds]) for s in range(4)])  # noqa: E731
+    cmp = P.paired_comparison(new, old, resamples=200, paired_seeds=True)
+    want = (per_seed(new) - per_seed(old)).var(ddof=1)
+    assert cmp.seed_delta_var == pytest.approx(want, abs=EXACT)
+    assert cmp.seed_delta_var < 0.05 * (cmp.seed_var_new + cmp.seed_var_old)  # the pairing removes the shared noise
+    paired_plan, unpaired_plan = plan(cmp, 0.02), plan(P.paired_comparison(new, old, resamples=200), 0.02)
+    assert paired_plan.seed_var_sum == cmp.seed_delta_var and "4 paired seeds" in paired_plan.seed_var_from
+    assert unpaired_plan.seed_var_sum == pytest.approx(cmp.seed_var_new + cmp.seed_var_old, abs=EXACT)
+    assert P.paired_comparison(new, old, resamples=200).seed_delta_var is None
+
+
 # ------------------------------------------------------------------------------------------ verdict, planning
 def test_three_outcomes():
     e = lambda lo, hi: P.Estimate((lo + hi) / 2, lo, hi, 0.0)  # noqa: E731
