@@ -164,6 +164,30 @@ def test_a_fold_of_another_code_version_is_refused(finished_round, tmp_path):
         plan_round(spec(), load_dataset(DATA), copy)
 
 
+def test_a_cell_trained_from_a_copy_without_git_is_adopted(finished_round, tmp_path):
+    """A cell trained from the same package source in a checkout without git (no commit recorded; how a GPU
+    box is used, docs/rounds.md) is the same code: the plan reuses it, finished, without --allow-code-change."""
+    from percepiano.checkpoints import atomic_save
+
+    root, _ = finished_round
+    copy = tmp_path / "R"
+    shutil.copytree(root, copy)
+    cell = copy / "han-performer" / "seed8"
+    for path in cell.rglob("*.json"):
+        res = json.loads(path.read_text())
+        for record in [res, *res.get("folds", [])]:
+            if "identity" in record:
+                record["identity"]["code"]["commit"] = None
+        path.write_text(json.dumps(res))
+    for path in cell.rglob("*.pt"):
+        ck = torch.load(path, weights_only=True)
+        ck["identity"]["code"]["commit"] = None
+        atomic_save(ck, path)
+    plans = {p.cell.path: p for p in plan_round(spec(), load_dataset(DATA), copy)}
+    adopted = plans["han-performer/seed8"]
+    assert adopted.up_to_date and adopted.reuse == [0, 1] and adopted.train == []
+
+
 def test_a_worker_running_other_source_is_refused(monkeypatch):
     """A task checks that its node runs the driver's code: an edited copy of the package (same version and
     commit, other source sha256) is refused, naming the node."""
