@@ -55,8 +55,9 @@ def add_reuse_options(p: argparse.ArgumentParser) -> None:
     from ..training import KEEP_ALL, KEEP_CHOICES
 
     p.add_argument("--allow-code-change", action="store_true",
-                   help="continue or reuse a run written by other percepiano code: another version, git commit or "
-                        "edited source (recorded in the run; with --resume for train and cv)")
+                   help="continue or reuse a run written by other percepiano code: another version or edited "
+                        "source of the package (recorded in the run; with --resume for train and cv). Another git "
+                        "commit of the same source needs no flag: the commit is recorded, not compared")
     p.add_argument("--keep", choices=KEEP_CHOICES, default=KEEP_ALL,
                    help="what a finished fold keeps: all (best.pt and last.pt, the default) or best (last.pt, "
                         "3x the size of best.pt, is deleted; the fold is still reused by --resume)")
