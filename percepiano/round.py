@@ -30,6 +30,7 @@ percepiano checkout.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -442,118 +443,131 @@ def run_round(
         invocation.update(finished=now(), wall_seconds=0.0, note="nothing to train: every cell is finished")
         return _record(root, request, history + [invocation], mirror_to, log)
 
-    lock = _lock_round(root)  # one driver per round folder: two would train the same folds into the same files
-    try:
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # Ray folds "similar" lines: the tasks' epoch lines are progress
-        import ray
-
-        started_here = not ray.is_initialized()
-        if started_here:
-            # "local": a new Ray instance on this machine even where `ray start` left one running (--address auto joins it)
-            try:
-                ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
-            except ConnectionError as exc:
-                raise ValueError(
-                    f"--address {address}: {exc}. If the cluster is running, it may want a token (Ray 2.60 clusters "
-                    f"started by `ray start` do): run this command with RAY_AUTH_MODE=token and the cluster's token "
-                    f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token), or start the cluster with RAY_AUTH_MODE=disabled "
-                    f"(docs/rounds.md)") from exc
+    # one driver per round folder (two would train the same folds into the same files), then Ray
+    with _round_lock(root), _ray_session(address) as ray:
         t0 = time.perf_counter()
         try:
             nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
             res = resolve_resources(threads_per_task, gpus_per_task, max_retries, nodes)
+            cluster = ray.cluster_resources()
             invocation["resources"] = {"threads_per_task": res.threads, "gpus_per_task": res.gpus,
                                        "device": res.device, "max_retries": res.max_retries,
-                                       "cluster": {k: v for k, v in ray.cluster_resources().items()
-                                                   if k in ("CPU", "GPU", "memory")}, "nodes": len(nodes)}
-            log(f"ray: {len(nodes)} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs, "
-                f"{ray.cluster_resources().get('GPU', 0):g} GPUs; each task {res.threads} thread(s), {res.gpus:g} GPU "
-                f"({res.device})")
-            opts = dict(num_cpus=res.threads, num_gpus=res.gpus, max_retries=res.max_retries,
-                        retry_exceptions=[OSError])
-            remote_fold, remote_cell = ray.remote(train_task), ray.remote(cell_task)
+                                       "cluster": {k: v for k, v in cluster.items() if k in ("CPU", "GPU", "memory")},
+                                       "nodes": len(nodes)}
+            log(f"ray: {len(nodes)} node(s), {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
+                f"each task {res.threads} thread(s), {res.gpus:g} GPU ({res.device})")
             common = {"data_path": str(data_path), "code": code_version(), "data_sha256": data_sha256(data),
                       "device": res.device, "threads": res.threads, "allow_code_change": spec.allow_code_change,
                       "reuse_without_checkpoint": spec.reuse_without_checkpoint,
                       "keep": spec.keep, "command": command, "on_epoch_end": on_epoch_end, "mirror_root": mirror_root}
-
-            # A cell task reuses its finished folds and fits the baselines: seconds of work, so it asks for no CPU
-            # and does not queue behind the fold tasks that hold every CPU (its results.json appears as soon as its
-            # folds are done). It keeps its GPU share: the device it records is the folds'.
-            cell_opts = {**opts, "num_cpus": 0}
-
-            def submit_cell(plan: CellPlan):
-                futures[remote_cell.options(name=plan.cell.path, **cell_opts).remote(
-                    _cell_job(common, spec, plan, root))] = (plan, None)
-
-            futures: dict = {}
-            waiting: dict[str, set[int]] = {}
-            for plan in pending:
-                waiting[plan.cell.path] = {f for f, _ in plan.train}
-                for fold, _ in plan.train:
-                    job = _fold_job(common, spec, plan, fold, root)
-                    futures[remote_fold.options(name=plan.cell.fold_path(fold), **opts).remote(job)] = (plan, fold)
-                if not plan.train:
-                    submit_cell(plan)
-            total, done = len(futures) + sum(1 for p in pending if p.train), 0
-            while futures:
-                ready, _ = ray.wait(list(futures), num_returns=1)
-                plan, fold = futures.pop(ready[0])
-                what = plan.cell.path + ("" if fold is None else f" fold {fold}")
-                done += 1
-                try:
-                    out = ray.get(ready[0])
-                except ray.exceptions.RayError as exc:
-                    reason = _failure_reason(exc)
-                    invocation["failed"].append({"cell": plan.cell.path, "fold": fold, "error": reason})
-                    waiting.pop(plan.cell.path, None)
-                    log(f"[{done}/{total}] {what}: FAILED: {reason}")
-                else:
-                    invocation["tasks"].append(out)
-                    log(f"[{done}/{total}] {what}: {_task_line(out)}")
-                    if fold is not None and plan.cell.path in waiting:
-                        waiting[plan.cell.path].discard(fold)
-                        if not waiting[plan.cell.path]:
-                            del waiting[plan.cell.path]
-                            submit_cell(plan)
-                _record(root, request, history + [{**invocation, "finished": None}], mirror_to, log)
+            record_progress = lambda: _record(root, request, history + [{**invocation, "finished": None}],  # noqa: E731
+                                              mirror_to, log)
+            _run_tasks(ray, spec, pending, common, res, root, invocation, record_progress, log)
         finally:
-            try:
-                invocation.update(finished=now(), wall_seconds=time.perf_counter() - t0)
-                summary = _record(root, request, history + [invocation], mirror_to, log)
-            finally:
-                if started_here:
-                    ray.shutdown()
-        if invocation["failed"]:
-            raise RoundFailed(invocation["failed"], root / ROUND_JSON)
-        return summary
+            invocation.update(finished=now(), wall_seconds=time.perf_counter() - t0)
+            summary = _record(root, request, history + [invocation], mirror_to, log)
+    if invocation["failed"]:
+        raise RoundFailed(invocation["failed"], root / ROUND_JSON)
+    return summary
+
+
+def _run_tasks(ray, spec: RoundSpec, pending: list[CellPlan], common: Mapping, res: Resources, root: Path,
+               invocation: dict, record_progress: Callable[[], None], log: Callable[[str], None]) -> None:
+    """Submit a fold task per fold to train, then, as the last fold of a cell finishes, its cell task; wait for
+    all of them, logging each as it ends and recording it in ``invocation`` (``tasks`` or ``failed``: a task that
+    failed after its retries does not stop the others; its cell gets no cell task)."""
+    opts = dict(num_cpus=res.threads, num_gpus=res.gpus, max_retries=res.max_retries, retry_exceptions=[OSError])
+    remote_fold, remote_cell = ray.remote(train_task), ray.remote(cell_task)
+    # A cell task reuses its finished folds and fits the baselines: seconds of work, so it asks for no CPU and
+    # does not queue behind the fold tasks that hold every CPU (its results.json appears as soon as its folds are
+    # done). It keeps its GPU share: the device it records is the folds'.
+    cell_opts = {**opts, "num_cpus": 0}
+    futures: dict = {}  # Ray future -> (its cell's plan, its fold, or None for the cell task)
+
+    def submit_cell(plan: CellPlan):
+        futures[remote_cell.options(name=plan.cell.path, **cell_opts).remote(
+            _cell_job(common, spec, plan, root))] = (plan, None)
+
+    waiting: dict[str, set[int]] = {}  # cell path -> its folds still training
+    for plan in pending:
+        waiting[plan.cell.path] = {f for f, _ in plan.train}
+        for fold, _ in plan.train:
+            job = _fold_job(common, spec, plan, fold, root)
+            futures[remote_fold.options(name=plan.cell.fold_path(fold), **opts).remote(job)] = (plan, fold)
+        if not plan.train:
+            submit_cell(plan)
+    total, done = len(futures) + sum(1 for p in pending if p.train), 0
+    while futures:
+        ready, _ = ray.wait(list(futures), num_returns=1)
+        plan, fold = futures.pop(ready[0])
+        what = plan.cell.path + ("" if fold is None else f" fold {fold}")
+        done += 1
+        try:
+            out = ray.get(ready[0])
+        except ray.exceptions.RayError as exc:
+            reason = _failure_reason(exc)
+            invocation["failed"].append({"cell": plan.cell.path, "fold": fold, "error": reason})
+            waiting.pop(plan.cell.path, None)
+            log(f"[{done}/{total}] {what}: FAILED: {reason}")
+        else:
+            invocation["tasks"].append(out)
+            log(f"[{done}/{total}] {what}: {_task_line(out)}")
+            if fold is not None and plan.cell.path in waiting:
+                waiting[plan.cell.path].discard(fold)
+                if not waiting[plan.cell.path]:
+                    del waiting[plan.cell.path]
+                    submit_cell(plan)
+        record_progress()
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None):
+    """Yield the ``ray`` module connected to a cluster: this process's connection if it has one, else a new one
+    to ``address`` (None: a new Ray instance on this machine), shut down on leaving."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # Ray folds "similar" lines: the tasks' epoch lines are progress
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    # "local": a new Ray instance on this machine even where `ray start` left one running (--address auto joins it)
+    try:
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True)
+    except ConnectionError as exc:
+        raise ValueError(
+            f"--address {address}: {exc}. If the cluster is running, it may want a token (Ray 2.60 clusters "
+            f"started by `ray start` do): run this command with RAY_AUTH_MODE=token and the cluster's token "
+            f"(RAY_AUTH_TOKEN, or ~/.ray/auth_token), or start the cluster with RAY_AUTH_MODE=disabled "
+            f"(docs/rounds.md)") from exc
+    try:
+        yield ray
     finally:
-        lock.close()  # releases the lock
+        ray.shutdown()
 
 
 LOCK_FILE = ".round.lock"
 
 
-def _lock_round(root: Path):
-    """Take ``root/.round.lock`` (``flock``, released when the returned file is closed or the process ends) for
-    the driver that trains into ``root``; ``ValueError`` naming the holder when another driver has it."""
+@contextlib.contextmanager
+def _round_lock(root: Path):
+    """Hold ``root/.round.lock`` (``flock``; released on leaving, or when the process ends) for the driver that
+    trains into ``root``; ``ValueError`` naming the holder when another driver has it."""
     import fcntl
 
     root.mkdir(parents=True, exist_ok=True)
-    f = open(root / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    with open(root / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process"
+            raise ValueError(f"{root}: another `percepiano round` is training into this folder ({holder}; "
+                             f"{root / LOCK_FILE}): wait for it, or stop it (it resumes where it stopped)") from None
         f.seek(0)
-        holder = f.read().strip() or "a process"
-        f.close()
-        raise ValueError(f"{root}: another `percepiano round` is training into this folder ({holder}; "
-                         f"{root / LOCK_FILE}): wait for it, or stop it (it resumes where it stopped)") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {now()}\n")
-    f.flush()
-    return f
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {now()}\n")
+        f.flush()
+        yield  # closing the file releases the lock
 
 
 def _cell_fields(common: Mapping, spec: RoundSpec, plan: CellPlan) -> dict:

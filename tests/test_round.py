@@ -486,17 +486,17 @@ def test_a_cluster_that_refuses_the_connection_is_explained(tmp_path, monkeypatc
 def test_a_second_driver_on_the_same_round_folder_is_refused(tmp_path, monkeypatch):
     """While one `percepiano round` trains into a folder, another on it is refused, naming the holder, before
     Ray starts or a fold is touched; once the first has let go, the folder is free."""
-    from percepiano.round import _lock_round
+    from percepiano.round import _round_lock
 
     monkeypatch.setitem(sys.modules, "ray", None)  # refused before Ray would start
     root = tmp_path / "R"
-    held = _lock_round(root)
-    with pytest.raises(ValueError, match=rf"another `percepiano round` is training into this folder \(pid "
-                                         rf"{os.getpid()} on .*\.round\.lock\)"):
-        run_round(spec(), DATA, root)
-    assert sorted(p.name for p in root.iterdir()) == [".round.lock"]
-    held.close()
-    _lock_round(root).close()
+    with _round_lock(root):
+        with pytest.raises(ValueError, match=rf"another `percepiano round` is training into this folder \(pid "
+                                             rf"{os.getpid()} on .*\.round\.lock\)"):
+            run_round(spec(), DATA, root)
+        assert sorted(p.name for p in root.iterdir()) == [".round.lock"]
+    with _round_lock(root):  # let go: the folder is free
+        pass
 
 
 def test_a_cv_run_directory_is_not_a_round(tmp_path, capsys):
