@@ -252,6 +252,21 @@ def test_keep_best_on_a_finished_round_removes_every_last_pt_and_trains_nothing(
     assert sum("removed last.pt (--keep best)" in line for line in lines) == 8
 
 
+def test_a_checkpoint_mirror_that_cannot_be_written_stops_the_round_before_it_starts(finished_round, tmp_path):
+    """--mirror-checkpoints into a path that is a file: the copy of the folds finished before fails, and the
+    round stops with the OSError before any task or round.json is written (a mirror that cannot be written would
+    lose what it is for); the round folder is left as it was."""
+    root, _ = finished_round
+    copy = tmp_path / "R"
+    shutil.copytree(root, copy)
+    before = {**mtimes(copy), ROUND_JSON: (copy / ROUND_JSON).read_text()}
+    not_a_folder = tmp_path / "mirror"
+    not_a_folder.write_text("a file, not a folder\n")
+    with pytest.raises(OSError):
+        run_round(spec(), DATA, copy, mirror_to=not_a_folder, mirror_checkpoints=True)
+    assert {**mtimes(copy), ROUND_JSON: (copy / ROUND_JSON).read_text()} == before
+
+
 def test_a_round_restored_from_its_export_reuses_its_finished_folds(finished_round, tmp_path):
     """The round's machine is gone; its exported small outputs are all that is left, and one fold was still
     training when they were copied (its log only): the restored round refuses to reuse folds without
