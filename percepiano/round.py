@@ -460,8 +460,10 @@ def run_round(
                       "device": res.device, "threads": res.threads, "allow_code_change": spec.allow_code_change,
                       "reuse_without_checkpoint": spec.reuse_without_checkpoint,
                       "keep": spec.keep, "command": command, "on_epoch_end": on_epoch_end, "mirror_root": mirror_root}
-            record_progress = lambda: _record(root, request, history + [{**invocation, "finished": None}],  # noqa: E731
-                                              mirror_to, log)
+
+            def record_progress() -> None:  # round.json after each task, this invocation still running
+                _record(root, request, history + [{**invocation, "finished": None}], mirror_to, log)
+
             _run_tasks(ray, spec, pending, common, res, root, invocation, record_progress, log)
         finally:
             invocation.update(finished=now(), wall_seconds=time.perf_counter() - t0)

@@ -9,6 +9,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -262,7 +263,7 @@ def test_a_checkpoint_mirror_that_cannot_be_written_stops_the_round_before_it_st
     before = {**mtimes(copy), ROUND_JSON: (copy / ROUND_JSON).read_text()}
     not_a_folder = tmp_path / "mirror"
     not_a_folder.write_text("a file, not a folder\n")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=re.escape(str(not_a_folder))):  # the mirror's copy, nothing else
         run_round(spec(), DATA, copy, mirror_to=not_a_folder, mirror_checkpoints=True)
     assert {**mtimes(copy), ROUND_JSON: (copy / ROUND_JSON).read_text()} == before
 
